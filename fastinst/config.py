@@ -1,0 +1,79 @@
+"""Config keys of FastInst.
+
+`add_fastinst_config` declares every key that FastInst code reads, plus the few keys that the official YAML files
+set without anything reading them (so that official configs merge unchanged). Nothing else.
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_fastinst_config(cfg: CN) -> None:
+    """Add FastInst's keys (with the official defaults) to a detectron2 config, in place."""
+    # ---- data (read by the dataset mappers and the trainer) ----
+    cfg.INPUT.DATASET_MAPPER_NAME = "fastinst_instance"
+    cfg.INPUT.COLOR_AUG_SSD = False
+    cfg.INPUT.CROP.RESIZE = CN()
+    cfg.INPUT.CROP.RESIZE.ENABLED = False
+    cfg.INPUT.CROP.RESIZE.MIN_SIZE = (800,)
+    cfg.INPUT.CROP.RESIZE.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    # Pad training images to a multiple of this (-1: off; the model pads each batch to 32 anyway).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Large-scale-jitter mapper ("coco_instance_lsj").
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # ---- solver (read by the trainer's optimizer builder) ----
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+
+    # ---- backbone keys that the official YAMLs set; detectron2's defaults lack them ----
+    # STEM_TYPE and RES5_MULTI_GRID are set by the official base YAML but read by nothing (the official
+    # code got them from DeepLab's config); they exist so that official files merge.
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
+
+    # ---- head ----
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "PyramidPoolingModuleFPN"
+
+    # ---- FastInst ----
+    cfg.MODEL.FASTINST = CN()
+    cfg.MODEL.FASTINST.TRANSFORMER_DECODER_NAME = "FastInstDecoder"
+    # loss
+    cfg.MODEL.FASTINST.DEEP_SUPERVISION = True
+    cfg.MODEL.FASTINST.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.FASTINST.CLASS_WEIGHT = 2.0
+    cfg.MODEL.FASTINST.DICE_WEIGHT = 5.0
+    cfg.MODEL.FASTINST.MASK_WEIGHT = 5.0
+    cfg.MODEL.FASTINST.LOCATION_WEIGHT = 1000.0
+    cfg.MODEL.FASTINST.PROPOSAL_WEIGHT = 20.0
+    # decoder
+    cfg.MODEL.FASTINST.NHEADS = 8
+    # Set by the official YAMLs; the official decoder hard-codes dropout 0 and so does this one.
+    cfg.MODEL.FASTINST.DROPOUT = 0.0
+    cfg.MODEL.FASTINST.DIM_FEEDFORWARD = 1024
+    cfg.MODEL.FASTINST.DEC_LAYERS = 10
+    cfg.MODEL.FASTINST.PRE_NORM = False
+    cfg.MODEL.FASTINST.HIDDEN_DIM = 256
+    cfg.MODEL.FASTINST.NUM_OBJECT_QUERIES = 100
+    cfg.MODEL.FASTINST.NUM_AUX_QUERIES = 8
+    # Inputs too small for NUM_OBJECT_QUERIES stride-16 locations: "error" (official behaviour, now a clear
+    # message) or "pad" (pad the batch up to the smallest size that fits; changes no number for larger inputs).
+    cfg.MODEL.FASTINST.SMALL_INPUT = "error"
+    # < 0: use the backbone's size_divisibility
+    cfg.MODEL.FASTINST.SIZE_DIVISIBILITY = -1
+    # point-sampled mask losses
+    cfg.MODEL.FASTINST.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.FASTINST.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.FASTINST.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # inference
+    cfg.MODEL.FASTINST.TEST = CN()
+    cfg.MODEL.FASTINST.TEST.SEMANTIC_ON = False
+    cfg.MODEL.FASTINST.TEST.INSTANCE_ON = True
+    cfg.MODEL.FASTINST.TEST.PANOPTIC_ON = False
+    # Set by the official YAMLs; used only by panoptic inference, which FastInst does not ship.
+    cfg.MODEL.FASTINST.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    cfg.MODEL.FASTINST.TEST.OVERLAP_THRESHOLD = 0.8
