@@ -4,7 +4,6 @@ Shape shorthand: N (or Q) predictions, G targets, P points. Inputs are mask *log
 [0, 1] (bilinear samples of binary masks).
 """
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -71,7 +71,7 @@ class BaseFPN(nn.Module):
         )
         self.num_feature_levels = len(self.in_features)
         use_bias = norm == ""
-        for n, (name, shape) in enumerate(input_shape.items(), start=1):
+        for n, shape in enumerate(input_shape.values(), start=1):
             adapter = Conv2d(
                 shape.channels, convs_dim, 1, bias=use_bias, norm=get_norm(norm, convs_dim)
             )
