@@ -67,3 +67,55 @@ def load_recipe_weights(model: torch.nn.Module) -> None:
 def _deterministic_cpu():
     torch.manual_seed(0)
     yield
+
+
+# A small FastInst (R18 body, 64 channels, 16 queries, 2 decoder layers, 5 classes) for fast CPU tests.
+TINY_OPTS = [
+    "MODEL.WEIGHTS", "",
+    "MODEL.RESNETS.DEPTH", 18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5,
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", 64,
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", 64,
+    "MODEL.FASTINST.HIDDEN_DIM", 64,
+    "MODEL.FASTINST.DIM_FEEDFORWARD", 128,
+    "MODEL.FASTINST.NHEADS", 4,
+    "MODEL.FASTINST.NUM_OBJECT_QUERIES", 16,
+    "MODEL.FASTINST.NUM_AUX_QUERIES", 4,
+    "MODEL.FASTINST.DEC_LAYERS", 2,
+    "MODEL.FASTINST.TRAIN_NUM_POINTS", 256,
+]  # fmt: skip
+
+
+def tiny_cfg(opts: list | None = None):
+    return make_cfg(OFFICIAL_CONFIGS[1], TINY_OPTS + list(opts or []))
+
+
+def tiny_model(opts: list | None = None, train: bool = False):
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(opts))
+    return model.train(train)
+
+
+def random_instances(h: int, w: int, classes: list[int], seed: int = 0):
+    """Instances with rectangular bool masks of the given classes at random places."""
+    from detectron2.structures import Instances
+
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(len(classes), h, w, dtype=torch.bool)
+    for i in range(len(classes)):
+        y0 = int(torch.randint(0, h // 2, (1,), generator=g))
+        x0 = int(torch.randint(0, w // 2, (1,), generator=g))
+        masks[i, y0 : y0 + h // 3, x0 : x0 + w // 3] = True
+    inst = Instances((h, w))
+    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    inst.gt_masks = masks
+    return inst
+
+
+def random_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)

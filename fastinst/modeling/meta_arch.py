@@ -11,6 +11,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, Back
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
+from fastinst.checkpoint import fill_duplicate_empty_weight
 from fastinst.modeling.criterion import SetCriterion
 from fastinst.modeling.matcher import HungarianMatcher
 from fastinst.modeling.postprocessing import instance_inference
@@ -87,6 +88,10 @@ class FastInst(nn.Module):
         self.small_input = small_input
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        # checkpoints holding only one of the two `empty_weight` paths still load cleanly (SPEC §10 F10)
+        self._register_load_state_dict_pre_hook(
+            lambda state_dict, prefix, *args: fill_duplicate_empty_weight(state_dict, prefix)
+        )
 
     @classmethod
     def from_config(cls, cfg):
