@@ -1,0 +1,33 @@
+"""Data: training mappers, dataset registrations and the embedded synthetic dataset.
+
+Importing this package registers the datasets `synthetic_{train,val}` and `ade20k_instance_{train,val}`
+(lazily) and makes the mappers available through `build_train_mapper(cfg)`.
+"""
+
+from . import datasets  # noqa: F401  (registers datasets)
+from .build import DATASET_MAPPERS, build_train_mapper
+from .dataset_mappers import COCOInstanceNewBaselineDatasetMapper, FastInstInstanceDatasetMapper
+from .datasets import (
+    DatasetError,
+    check_num_classes,
+    ensure_synthetic_dataset,
+    register_coco_json_dataset,
+    register_synthetic,
+    validate_coco_json,
+)
+from .synthetic import SYNTHETIC_CLASSES, generate_synthetic_dataset
+
+__all__ = [
+    "DATASET_MAPPERS",
+    "SYNTHETIC_CLASSES",
+    "COCOInstanceNewBaselineDatasetMapper",
+    "DatasetError",
+    "FastInstInstanceDatasetMapper",
+    "build_train_mapper",
+    "check_num_classes",
+    "ensure_synthetic_dataset",
+    "generate_synthetic_dataset",
+    "register_coco_json_dataset",
+    "register_synthetic",
+    "validate_coco_json",
+]
