@@ -171,13 +171,21 @@ class FastInst(nn.Module):
     ) -> list[dict]:
         padded_size = tuple(images.tensor.shape[-2:])
         results = []
+        # post-processing in float32, also under autocast
+        cls_all, masks_all = outputs["pred_logits"].float(), outputs["pred_masks"].float()
         for cls_logits, mask_logits, inputs, image_size in zip(
-            outputs["pred_logits"], outputs["pred_masks"], batched_inputs, images.image_sizes
+            cls_all, masks_all, batched_inputs, images.image_sizes
         ):
             out_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
-            instances = instance_inference(
-                cls_logits, mask_logits, padded_size, image_size, out_size, self.test_topk_per_image
-            )
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                instances = instance_inference(
+                    cls_logits,
+                    mask_logits,
+                    padded_size,
+                    image_size,
+                    out_size,
+                    self.test_topk_per_image,
+                )
             results.append({"instances": instances})
         return results
 
