@@ -6,5 +6,6 @@ dataset mappers and datasets) with detectron2's registries.
 
 from fastinst import data, modeling  # noqa: F401  (registers components)
 from fastinst.config import add_fastinst_config
+from fastinst.predictor import FastInstPredictor
 
-__all__ = ["add_fastinst_config"]
+__all__ = ["FastInstPredictor", "add_fastinst_config"]
