@@ -33,5 +33,9 @@ format: install
 test: install lint
 	$(VENV)/bin/pytest -q
 
+# Generate the synthetic dataset, train a small FastInst on CPU, evaluate, draw predictions (output/quickstart).
+quickstart: install
+	$(PY) -m fastinst.engine.quickstart
+
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,69 @@
+"""Evaluators for FastInst's instance predictions, chosen by the dataset's `evaluator_type` (SPEC §8.3).
+
+FastInst predicts instances only, so only the instance evaluators of the official `build_evaluator` are kept:
+"coco" and "coco_panoptic_seg" (mask and box AP; our boxes are real boxes around the masks), "lvis" and
+"cityscapes_instance". Anything else is a clear `NotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    COCOEvaluator,
+    DatasetEvaluator,
+    LVISEvaluator,
+)
+from detectron2.utils import comm
+
+INSTANCE_EVALUATOR_TYPES = ("coco", "coco_panoptic_seg", "lvis", "cityscapes_instance")
+
+
+def build_instance_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+) -> DatasetEvaluator:
+    """The evaluator for `dataset_name`, writing its files under `output_folder` (OUTPUT_DIR/inference)."""
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type in ("coco", "coco_panoptic_seg"):
+        # The pure-Python detectron2 has no C++ COCOeval, so use pycocotools' (the "official" one).
+        return COCOEvaluator(
+            dataset_name,
+            tasks=("bbox", "segm"),
+            output_dir=output_folder,
+            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            use_fast_impl=False,
+        )
+    if evaluator_type == "lvis":
+        return LVISEvaluator(dataset_name, tasks=("bbox", "segm"), output_dir=output_folder)
+    if evaluator_type == "cityscapes_instance":
+        return CityscapesInstanceEvaluator(dataset_name)
+    raise NotImplementedError(
+        f"No FastInst evaluator for dataset {dataset_name!r} (evaluator_type {evaluator_type!r}); "
+        f"supported evaluator types: {', '.join(INSTANCE_EVALUATOR_TYPES)}."
+    )
+
+
+class ProgressLoader:
+    """Wraps a test data loader so that iterating it shows a tqdm progress bar (main process only).
+
+    `len()` is passed through because detectron2's `inference_on_dataset` needs it.
+    """
+
+    def __init__(self, loader: Iterable, desc: str) -> None:
+        self.loader = loader
+        self.desc = desc
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        from tqdm import tqdm
+
+        disable = not comm.is_main_process()
+        yield from tqdm(self.loader, desc=self.desc, total=len(self), disable=disable, leave=False)

@@ -1,0 +1,224 @@
+"""train_net.py end to end on CPU with the tiny-test config and tiny synthetic data.
+
+Runs that must be separate processes (multi-process launch, exit codes, printed AP tables) use subprocesses;
+the others call `train_net.main` in this process to save interpreter start-up time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastinst.data import generate_synthetic_dataset, register_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "configs/synthetic/tiny-test.yaml"
+
+
+def _load_train_net():
+    """train_net.py is a script at the repository root, not a package module: load it from its path."""
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = _load_train_net()
+
+
+@pytest.fixture(scope="module")
+def datasets_root(tmp_path_factory) -> Path:
+    """A DETECTRON2_DATASETS folder whose `synthetic/` holds 8 train / 4 val images of 64-96 px."""
+    root = tmp_path_factory.mktemp("d2datasets")
+    generate_synthetic_dataset(root / "synthetic", num_train=8, num_val=4, image_size=(64, 96))
+    return root
+
+
+@pytest.fixture
+def tiny_synthetic(datasets_root):
+    register_synthetic(datasets_root / "synthetic")
+    yield datasets_root / "synthetic"
+    register_synthetic()
+
+
+def run_train_net(
+    args: list[str], datasets_root: Path, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DETECTRON2_DATASETS": str(datasets_root), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", TINY, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_main(args: list[str]):
+    """`train_net.main` in this process (what `launch` runs in each worker)."""
+    parsed = train_net.get_parser().parse_args(["--config-file", str(REPO / TINY), *args])
+    return train_net.main(parsed)
+
+
+def final_state(output_dir: Path) -> tuple[int, int]:
+    """(iteration, optimizer step count) stored in output_dir/model_final.pth."""
+    ckpt = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)
+    steps = {int(s["step"]) for s in ckpt["trainer"]["_trainer"]["optimizer"]["state"].values()}
+    assert len(steps) == 1, steps
+    return ckpt["iteration"], steps.pop()
+
+
+def assert_ap_tables(stdout: str) -> None:
+    assert "Evaluation results for segm" in stdout, stdout[-3000:]
+    assert "Evaluation results for bbox" in stdout
+    assert "|  AP   |  AP50  |  AP75  |" in stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(datasets_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    register_synthetic(datasets_root / "synthetic")
+    try:
+        run_main(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()"])
+    finally:
+        register_synthetic()
+    return out / "model_final.pth"
+
+
+def test_resume_matches_uninterrupted_run(tiny_synthetic, tmp_path) -> None:
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    common = ["SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()"]
+    run_main(["OUTPUT_DIR", str(interrupted), "SOLVER.MAX_ITER", "4", *common])
+    assert final_state(interrupted) == (3, 4)
+    run_main(["--resume", "OUTPUT_DIR", str(interrupted), "SOLVER.MAX_ITER", "6", *common])
+    run_main(["OUTPUT_DIR", str(straight), "SOLVER.MAX_ITER", "6", *common])
+    assert final_state(interrupted) == final_state(straight) == (5, 6)
+
+
+def test_two_process_gloo_run(datasets_root, tmp_path) -> None:
+    out = tmp_path / "ddp"
+    proc = run_train_net(
+        ["--num-gpus", "2", "--dist-url", "auto", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"],
+        datasets_root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "World size: 2" in proc.stdout + proc.stderr
+    assert (out / "model_final.pth").is_file()
+    assert final_state(out) == (1, 2)
+    assert_ap_tables(proc.stdout)
+
+
+def test_eval_only_prints_ap_tables(datasets_root, tiny_checkpoint, tmp_path) -> None:
+    proc = run_train_net(
+        ["--eval-only", "MODEL.WEIGHTS", str(tiny_checkpoint), "OUTPUT_DIR", str(tmp_path)],
+        datasets_root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_ap_tables(proc.stdout)
+    assert (tmp_path / "inference" / "coco_instances_results.json").is_file()
+
+
+def _custom_coco(synthetic: Path, dest: Path, split: str) -> tuple[Path, Path]:
+    """A copy of a synthetic split as a 'user' dataset: 3 categories with ids 5, 7, 9."""
+    with open(synthetic / "annotations" / f"instances_{split}.json") as f:
+        coco = json.load(f)
+    coco["categories"] = [
+        {"id": i, "name": n} for i, n in ((5, "round"), (7, "angular"), (9, "other"))
+    ]
+    for ann in coco["annotations"]:
+        ann["category_id"] = (5, 7, 9)[(ann["category_id"] - 1) % 3]
+    image_dir = dest / f"{split}_images"
+    shutil.copytree(synthetic / split, image_dir)
+    json_file = dest / f"{split}.json"
+    json_file.write_text(json.dumps(coco))
+    return json_file, image_dir
+
+
+def test_custom_coco_train_and_eval(datasets_root, tmp_path) -> None:
+    train = _custom_coco(datasets_root / "synthetic", tmp_path, "train")
+    val = _custom_coco(datasets_root / "synthetic", tmp_path, "val")
+    out = tmp_path / "out"
+    proc = run_train_net(
+        ["--coco-train", *map(str, train), "--coco-val", *map(str, val)]
+        + ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"],
+        datasets_root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_ap_tables(proc.stdout)
+    assert "| round" in proc.stdout  # per-category table uses the json's names
+    config = (out / "config.yaml").read_text()
+    assert "NUM_CLASSES: 3" in config
+    assert "custom_coco_train" in config and "custom_coco_val" in config
+
+
+def _break_missing_image(json_file: Path, image_dir: Path) -> str:
+    victim = sorted(image_dir.iterdir())[0]
+    victim.unlink()
+    return victim.name
+
+
+def _break_json_syntax(json_file: Path, image_dir: Path) -> str:
+    json_file.write_text(json_file.read_text()[:-10])
+    return "not valid JSON"
+
+
+def _break_category_id(json_file: Path, image_dir: Path) -> str:
+    coco = json.loads(json_file.read_text())
+    coco["annotations"][0]["category_id"] = 99
+    json_file.write_text(json.dumps(coco))
+    return "99"
+
+
+def _break_no_annotations(json_file: Path, image_dir: Path) -> str:
+    coco = json.loads(json_file.read_text())
+    coco["annotations"] = []
+    json_file.write_text(json.dumps(coco))
+    return "no usable images"
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [_break_missing_image, _break_json_syntax, _break_category_id, _break_no_annotations],
+    ids=["missing-image", "bad-json", "unknown-category", "no-annotations"],
+)
+def test_bad_input_fails_before_training(datasets_root, tmp_path, breaker) -> None:
+    json_file, image_dir = _custom_coco(datasets_root / "synthetic", tmp_path, "train")
+    detail = breaker(json_file, image_dir)
+    out = tmp_path / "out"
+    proc = run_train_net(
+        ["--coco-train", str(json_file), str(image_dir), "OUTPUT_DIR", str(out)], datasets_root
+    )
+    assert proc.returncode != 0
+    assert str(json_file) in proc.stderr and detail in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()  # nothing started
+
+
+def test_missing_config_file_is_one_line(datasets_root, tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", str(tmp_path / "nope.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_num_classes_mismatch_is_one_line(datasets_root, tmp_path) -> None:
+    proc = run_train_net(
+        ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5", "OUTPUT_DIR", str(tmp_path / "out")], datasets_root
+    )
+    assert proc.returncode != 0
+    assert "synthetic_train" in proc.stderr and "NUM_CLASSES" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
