@@ -1,0 +1,161 @@
+"""FastInst post-processing in numpy, for exported graphs (SPEC §6; the same numbers as
+`fastinst.modeling.postprocessing.instance_inference`).
+
+Shape shorthand: Q queries, K classes (+1 no-object), k kept instances, H8 x W8 mask logits of the padded input
+(Hp x Wp = 8 H8 x 8 W8), h x w the image before padding, height x width the requested output size.
+
+    result = instance_postprocess(pred_logits[0], pred_masks[0], (hp, wp), (h, w), (height, width))
+
+1. Top-k (query, class) pairs by softmax probability, no-object column dropped.
+2. The kept queries' mask logits are resized bilinearly (PyTorch's align_corners=False, no antialias) to the
+   padded size, cropped to h x w and resized to height x width: the two steps of the PyTorch model, composed
+   into one matrix per axis (the same numbers up to float rounding).
+3. masks = sigmoid > 0.5; score = class probability x mean mask probability inside the mask (eps 1e-6).
+4. Boxes are the tight boxes of the masks (XYXY, exclusive end; zeros for empty masks), as detectron2's
+   `BitMasks.get_bounding_boxes`.
+5. Sorted by score, descending.
+
+Pure numpy (no torch, no OpenCV), so it can ship next to an ONNX file. About 0.3 s for 100 instances at
+576 x 768 on 2 CPU threads (resizing and the sigmoid of the full-size masks dominate).
+"""
+
+import numpy as np
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + exp(-x)), elementwise; `out=x` works in place (no temporaries for large masks)."""
+    out = np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    return np.reciprocal(out, out=out)
+
+
+def topk_pairs(cls_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k best (query, class) pairs by softmax probability, no-object excluded.
+
+    cls_logits (Q, K+1) -> scores (k,), query indices (k,), class labels (k,) int64, sorted by score (descending).
+    """
+    probs = softmax(cls_logits.astype(np.float32))[:, :-1]  # (Q, K)
+    num_classes = probs.shape[1]
+    flat = probs.reshape(-1)
+    order = np.argsort(-flat, kind="stable")[: min(k, flat.size)]  # (k,)
+    return flat[order], order // num_classes, (order % num_classes).astype(np.int64)
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) float64 matrix of 1-D bilinear resizing as PyTorch's align_corners=False (no antialias).
+
+    Output i samples source coordinate max((i + 0.5) in/out - 0.5, 0) (computed in float32, as PyTorch does),
+    from its two neighbours clamped to the border. Two non-zeros per row.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = (src - i0).astype(np.float64)
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, i0), 1.0 - frac)
+    np.add.at(matrix, (rows, i1), frac)
+    return matrix
+
+
+def _apply_separable(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """rows (H, h) @ x (k, h, w) @ cols.T (w, W) -> (k, H, W) as two 2-D matrix products (BLAS; numpy's
+    stacked matmul is ~10x slower). The result is a transposed view."""
+    k, h, w = x.shape
+    big_w = cols.shape[0]
+    x = x.astype(np.float32, copy=False).reshape(k * h, w) @ cols.T.astype(np.float32)  # (k h, W)
+    x = x.reshape(k, h, big_w).transpose(1, 0, 2).reshape(h, k * big_w)  # (h, k W)
+    x = rows.astype(np.float32) @ x  # (H, k W)
+    return x.reshape(rows.shape[0], k, big_w).transpose(1, 0, 2)  # (k, H, W)
+
+
+def resize_bilinear(
+    x: np.ndarray, size: tuple[int, int], crop: tuple[int, int] | None = None
+) -> np.ndarray:
+    """(k, h, w) -> (k, size[0], size[1]): bilinear, align_corners=False, no antialias (F.interpolate).
+
+    With `crop` (ch, cw), only the top-left ch x cw of the resized map is computed and returned.
+    """
+    ch, cw = crop if crop is not None else size
+    rows = bilinear_matrix(x.shape[-2], size[0])[:ch]  # (ch, h)
+    cols = bilinear_matrix(x.shape[-1], size[1])[:cw]  # (cw, w)
+    return _apply_separable(x, rows, cols)
+
+
+def resize_mask_logits(
+    mask_logits: np.ndarray,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    out_size: tuple[int, int],
+) -> np.ndarray:
+    """(k, H8, W8) -> (k, height, width): to the padded size, crop to the image, resize to the output size.
+
+    The two bilinear steps of the PyTorch model are linear maps per axis, so they are composed (in float64)
+    into one (height, H8) and one (width, W8) matrix and applied with two matrix products.
+    """
+    (hp, wp), (h, w), (height, width) = padded_size, image_size, out_size
+    rows = bilinear_matrix(mask_logits.shape[-2], hp)[:h]  # (h, H8)
+    cols = bilinear_matrix(mask_logits.shape[-1], wp)[:w]  # (w, W8)
+    if (height, width) != (h, w):
+        rows = bilinear_matrix(h, height) @ rows  # (height, H8)
+        cols = bilinear_matrix(w, width) @ cols  # (width, W8)
+    return _apply_separable(mask_logits, rows, cols)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """(k, height, width) bool -> (k, 4) float32 XYXY tight boxes (x1, y1 exclusive); zeros for empty masks."""
+    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
+    cols = masks.any(axis=1)  # (k, width)
+    rows = masks.any(axis=2)  # (k, height)
+    nonempty = cols.any(axis=1)
+    width, height = cols.shape[1], rows.shape[1]
+    x0 = cols.argmax(axis=1)
+    x1 = width - cols[:, ::-1].argmax(axis=1)
+    y0 = rows.argmax(axis=1)
+    y1 = height - rows[:, ::-1].argmax(axis=1)
+    boxes[nonempty] = np.stack([x0, y0, x1, y1], axis=1)[nonempty]
+    return boxes
+
+
+def instance_postprocess(
+    cls_logits: np.ndarray,
+    mask_logits: np.ndarray,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    out_size: tuple[int, int] | None = None,
+    topk: int = 100,
+) -> dict[str, np.ndarray]:
+    """Instances of one image from the graph outputs (batch index removed).
+
+    cls_logits (Q, K+1), mask_logits (Q, H8, W8); padded_size (Hp, Wp) the graph's padded input size; image_size
+    (h, w) the image fed to the graph; out_size (height, width), default image_size.
+    Returns a dict, sorted by score: "masks" (k, height, width) bool, "scores" (k,) float32, "classes" (k,)
+    int64, "boxes" (k, 4) float32 XYXY.
+    """
+    out_size = tuple(image_size) if out_size is None else tuple(out_size)
+    scores, queries, labels = topk_pairs(cls_logits, topk)
+    # masks, mask scores and boxes depend on the query only: compute them once per distinct query
+    unique, inverse = np.unique(queries, return_inverse=True)
+    probs = resize_mask_logits(mask_logits[unique], padded_size, image_size, out_size)
+    probs = sigmoid(probs, out=probs)  # (u, height, width)
+    masks = probs > 0.5  # (u, height, width)
+    area = masks.sum(axis=(1, 2), dtype=np.float32)  # (u,)
+    inside = np.where(masks, probs, np.float32(0)).sum(axis=(1, 2))  # (u,)
+    mask_scores = inside / (area + np.float32(1e-6))
+    scores = (scores * mask_scores[inverse]).astype(np.float32)  # (k,)
+    order = np.argsort(-scores, kind="stable")
+    query_order = inverse.reshape(-1)[order]
+    return {
+        "masks": masks[query_order],
+        "scores": scores[order],
+        "classes": labels[order],
+        "boxes": masks_to_boxes(masks)[query_order],
+    }
