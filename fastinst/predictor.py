@@ -283,6 +283,22 @@ class FastInstPredictor:
     def _build_model(self, weights, precision: str, compile: bool) -> torch.nn.Module:
         """Build the PyTorch model and load its weights (the part an ONNX backend replaces)."""
         weights = os.fspath(weights) if weights is not None else self.cfg.MODEL.WEIGHTS
+        if weights.endswith(
+            ".onnx"
+        ):  # an exported graph (tools/export_model.py), run by onnxruntime
+            from fastinst.export import OnnxFastInst
+
+            if precision != "fp32" or compile:
+                raise ValueError(
+                    "An ONNX model runs in fp32 without compile: use precision='fp32', compile=False."
+                )
+            if self.cfg.INPUT.FORMAT != "RGB":
+                raise ValueError(
+                    "ONNX models take RGB input; the config's INPUT.FORMAT must be 'RGB'."
+                )
+            cuda = self.cfg.MODEL.DEVICE.startswith("cuda")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
+            return OnnxFastInst(weights, providers=providers, bool_masks=True)
         if weights in BACKBONE_PRETRAINS:
             raise ValueError(
                 f"MODEL.WEIGHTS is {weights}, the ImageNet backbone used to start training, not a FastInst "
@@ -306,6 +322,8 @@ class FastInstPredictor:
         Returns unfiltered `Instances` at (height, width) on the CPU, sorted by score, with bool pred_masks.
         This is the only method that touches the network.
         """
+        if not isinstance(self.model, torch.nn.Module):  # OnnxFastInst: one graph run per image
+            return [self.model(x["image"], x["height"], x["width"]) for x in batch_inputs]
         with inference_context(self.model, self.precision):
             outputs = self.model(batch_inputs)
         results = []

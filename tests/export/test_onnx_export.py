@@ -266,3 +266,20 @@ def test_dcn_backbone_exports(tmp_path):
     image = random_image(64, 96, seed=6).float()
     assert_raw_outputs_match(model, runner.run, image)
     assert_instances_match(runner(image, 100, 150), pytorch_instances(model, image, 100, 150))
+
+
+def test_predictor_runs_an_exported_onnx_model(model, dynamic_onnx):
+    """FastInstPredictor given a .onnx runs it in onnxruntime and agrees with the PyTorch predictor."""
+    from fastinst import FastInstPredictor
+
+    weights = dynamic_onnx.parent / "tiny.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    image = random_image(70, 100, 5).permute(1, 2, 0).numpy()  # HWC
+    torch_pred = FastInstPredictor(str(TINY_YAML), weights=str(weights), score_threshold=0.0)
+    onnx_pred = FastInstPredictor(str(TINY_YAML), weights=str(dynamic_onnx), score_threshold=0.0)
+    ref, got = torch_pred(image), onnx_pred(image)
+    assert len(got) == len(ref) > 0
+    np.testing.assert_allclose(got.scores.numpy(), ref.scores.numpy(), rtol=0, atol=1e-4)
+    assert (got.pred_masks == ref.pred_masks).float().mean() >= 0.999
+    with pytest.raises(ValueError, match="fp32"):
+        FastInstPredictor(str(TINY_YAML), weights=str(dynamic_onnx), precision="bf16")
