@@ -115,7 +115,9 @@ def test_batch_of_two_equals_two_batches_of_one():
         apart = [model([x])[0] for x in inputs]
     for a, b in zip(together, apart):
         a, b = a["instances"], b["instances"]
-        torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-5)  # float summation order
+        torch.testing.assert_close(
+            a.scores, b.scores, rtol=1e-4, atol=1e-5
+        )  # float summation order
         assert torch.equal(a.pred_classes, b.pred_classes)
         assert (a.pred_masks != b.pred_masks).float().mean() < 1e-3
 

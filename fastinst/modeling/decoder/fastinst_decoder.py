@@ -71,6 +71,10 @@ def gt_attention_mask(
     return _finish_attention_mask(torch.stack(rows), num_heads)
 
 
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 @TRANSFORMER_DECODER_REGISTRY.register()
 class FastInstDecoder(nn.Module):
     """Query proposal + Ld dual-path decoder layers + prediction heads (+ GT-mask-guided branch in training)."""
@@ -142,6 +146,9 @@ class FastInstDecoder(nn.Module):
         # The criterion's matcher supplies the GT-mask-guided matching. It is the same module as the
         # meta-architecture's `criterion`, so official checkpoints' two `empty_weight` keys both exist.
         self.criterion = criterion
+        # Inference: reuse the resized positional embeddings per input size (exact; `positional_embeddings`).
+        self.cache_positional_embeddings = True
+        self._pos_cache: dict = {}
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, criterion: SetCriterion | None = None):
@@ -165,6 +172,38 @@ class FastInstDecoder(nn.Module):
         }
 
     # ------------------------------------------------------------------------------------------------------
+    def positional_embeddings(
+        self, size8: tuple[int, int], size16: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """`meta_pos_embed` resized to the stride-8 map, as (L8, 1, C), and to the stride-16 map, (1, C, H16, W16).
+
+        Without gradients and in eval mode (and `cache_positional_embeddings` set), the results are kept per
+        size and reused until `meta_pos_embed` changes (in place, e.g. by loading weights, or by `.to()`).
+        """
+        use_cache = (
+            self.cache_positional_embeddings
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not _tracing()  # exports and compiled graphs must keep the resize itself
+        )
+        p = self.meta_pos_embed
+        # no data_ptr() on the fake tensors of torch.export: build the key only when caching
+        key = (size8, size16, p.data_ptr(), p._version, p.dtype, p.device) if use_cache else None
+        if use_cache and key in self._pos_cache:
+            return self._pos_cache[key]
+        pixel_pos = F.interpolate(
+            p, size=size8, mode="bilinear", align_corners=False
+        )  # (1, C, H8, W8)
+        pixel_pos = pixel_pos.flatten(2).permute(2, 0, 1)  # (L8, 1, C)
+        proposal_pos = F.interpolate(
+            p, size=size16, mode="bilinear", align_corners=False
+        )  # (1, C, H16, W16)
+        if use_cache:
+            if len(self._pos_cache) >= 8:  # a handful of input sizes; forget the oldest
+                self._pos_cache.pop(next(iter(self._pos_cache)))
+            self._pos_cache[key] = (pixel_pos, proposal_pos)
+        return pixel_pos, proposal_pos
+
     def prediction_heads(
         self, query_features: Tensor, pixel_features: Tensor, size: tuple[int, int], j: int
     ) -> tuple[Tensor | None, Tensor]:
@@ -219,14 +258,8 @@ class FastInstDecoder(nn.Module):
         b = pixel_map.shape[0]
         size8 = tuple(pixel_map.shape[-2:])
 
-        pixel_pos = F.interpolate(
-            self.meta_pos_embed, size=size8, mode="bilinear", align_corners=False
-        )  # (1, C, H8, W8)
-        proposal_pos = F.interpolate(
-            self.meta_pos_embed, size=proposal_map.shape[-2:], mode="bilinear", align_corners=False
-        )  # (1, C, H16, W16)
+        pixel_pos, proposal_pos = self.positional_embeddings(size8, tuple(proposal_map.shape[-2:]))
         pixel_features = pixel_map.flatten(2).permute(2, 0, 1)  # (L8, B, C)
-        pixel_pos = pixel_pos.flatten(2).permute(2, 0, 1)  # (L8, 1, C)
 
         query_features, query_pos, query_locations, proposal_cls_logits, topk_indices = (
             self.query_proposal(proposal_map, proposal_pos)
