@@ -1,0 +1,89 @@
+"""Seconds per training iteration: our training path against the official one, side by side in one run.
+
+    python tools/benchmark_training.py [--config-file configs/synthetic/quickstart.yaml] [--runs 4] [--threads 2]
+
+One fixed batch of IMS_PER_BATCH synthetic training images (the quickstart mapper), three models built from the
+same config and seed, timed in turn (forward, backward, AdamW step), medians:
+  official path: float32, MODEL.FASTINST.TRAIN_NUM_POINTS 12544 (the official point count);
+  ours fp32: the config's point count;
+  ours: bf16 autocast + channels-last (what SOLVER.AMP.ENABLED gives on a CPU with native bf16).
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+from fastinst import add_fastinst_config
+from fastinst.data import build_train_mapper, ensure_synthetic_dataset, register_synthetic
+
+
+def make_cfg(config_file: str, opts: list):
+    cfg = get_cfg()
+    add_fastinst_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", default="configs/synthetic/quickstart.yaml")
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    register_synthetic(ensure_synthetic_dataset())
+    cfg = make_cfg(args.config_file, [])
+    np.random.seed(0)
+    mapper = build_train_mapper(cfg)
+    batch = [
+        mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: cfg.SOLVER.IMS_PER_BATCH]
+    ]
+
+    variants = {
+        "official path (fp32, 12544 points)": (["MODEL.FASTINST.TRAIN_NUM_POINTS", 12544], False),
+        f"ours fp32 ({cfg.MODEL.FASTINST.TRAIN_NUM_POINTS} points)": ([], False),
+        f"ours (bf16 autocast, channels-last, {cfg.MODEL.FASTINST.TRAIN_NUM_POINTS} points)": (
+            [],
+            True,
+        ),
+    }
+    runs = {}
+    for name, (opts, bf16) in variants.items():
+        torch.manual_seed(0)
+        model = build_model(make_cfg(args.config_file, opts)).train()
+        if bf16:
+            model.to(memory_format=torch.channels_last)
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), 1e-4), bf16, [])
+
+    def step(model, optimizer, bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    for model, optimizer, bf16, _ in runs.values():  # warm-up
+        step(model, optimizer, bf16)
+    for _ in range(args.runs):
+        for model, optimizer, bf16, times in runs.values():
+            start = time.perf_counter()
+            step(model, optimizer, bf16)
+            times.append(time.perf_counter() - start)
+
+    base = statistics.median(next(iter(runs.values()))[3])
+    print(f"{'training path':60s} {'s/iter':>8s} {'vs official':>12s}")
+    for name, (*_, times) in runs.items():
+        median = statistics.median(times)
+        print(f"{name:60s} {median:8.3f} {base / median:11.2f}x")
+
+
+if __name__ == "__main__":
+    main()
