@@ -122,7 +122,7 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, bias=False)
         self.bn1 = norm_layer(width)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv2 = self._make_conv2(width, stride)
         self.bn2 = norm_layer(width)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(width, outplanes, kernel_size=1, bias=False)
@@ -130,16 +130,22 @@ class Bottleneck(nn.Module):
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    def _make_conv2(self, width: int, stride: int) -> nn.Module:
+        return nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, bias=False)
+
+    def _conv2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, inplanes, H, W) -> (B, 4*planes, H/stride, W/stride)."""
         shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(x)))
-        x = self.bn3(self.conv3(x))
+        x = self.act1(self.bn1(self.conv1(x)))  # (B, width, H, W)
+        x = self.act2(self.bn2(self._conv2(x)))  # (B, width, H/stride, W/stride)
+        x = self.bn3(self.conv3(x))  # (B, 4*width, H/stride, W/stride)
         return self.act3(x + shortcut)
 
 
-class DeformableBottleneck(nn.Module):
+class DeformableBottleneck(Bottleneck):
     """Bottleneck whose 3x3 conv is a DCN v1 with offsets predicted by ``conv2_offset``.
 
     Keys: ``conv1``, ``bn1``, ``conv2_offset.{weight,bias}``, ``conv2.weight``, ``bn2``, ``conv3``,
@@ -147,35 +153,18 @@ class DeformableBottleneck(nn.Module):
     bottleneck with the same weights.
     """
 
-    expansion = _EXPANSION
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
-    ) -> None:
-        super().__init__()
-        width = planes
-        outplanes = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, bias=False)
-        self.bn1 = norm_layer(width)
-        self.act1 = nn.ReLU(inplace=True)
+    def _make_conv2(self, width: int, stride: int) -> nn.Module:
+        # registered here, before conv2, to keep the official key order
         # 18 = 2 * 3 * 3: one (dy, dx) pair per kernel tap, one deformable group.
         self.conv2_offset = nn.Conv2d(
             width, 2 * 3 * 3, kernel_size=3, stride=stride, padding=1, dilation=1, bias=True
         )
-        self.conv2 = DeformConv2d(width, width, 3, stride=stride, padding=1, dilation=1)
-        self.bn2 = norm_layer(width)
-        self.act2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(width, outplanes, kernel_size=1, bias=False)
-        self.bn3 = norm_layer(outplanes)
-        self.act3 = nn.ReLU(inplace=True)
-        self.downsample = downsample
         self.init_offset()
+        return DeformConv2d(width, width, 3, stride=stride, padding=1, dilation=1)
+
+    def _conv2(self, x: torch.Tensor) -> torch.Tensor:
+        offset = self.conv2_offset(x)  # (B, 18, H/stride, W/stride)
+        return self.conv2(x, offset)
 
     def init_offset(self) -> None:
         """Zero the offset predictor (weight and bias)."""
@@ -185,15 +174,6 @@ class DeformableBottleneck(nn.Module):
     def zero_init_last(self) -> None:
         """Zero ``bn3.weight`` so the residual branch starts at zero (official init)."""
         nn.init.zeros_(self.bn3.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, inplanes, H, W) -> (B, 4*planes, H/stride, W/stride)."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1(self.bn1(self.conv1(x)))  # (B, width, H, W)
-        offset = self.conv2_offset(x)  # (B, 18, H/stride, W/stride)
-        x = self.act2(self.bn2(self.conv2(x, offset)))  # (B, width, H/stride, W/stride)
-        x = self.bn3(self.conv3(x))  # (B, 4*width, H/stride, W/stride)
-        return self.act3(x + shortcut)
 
 
 def _make_downsample(
