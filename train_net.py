@@ -32,7 +32,12 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from fastinst import add_fastinst_config
-from fastinst.data import DatasetError, check_num_classes, register_coco_json_dataset
+from fastinst.data import (
+    DatasetError,
+    check_dataset_files,
+    check_num_classes,
+    register_coco_json_dataset,
+)
 from fastinst.engine import Trainer
 
 CUSTOM_TRAIN = "custom_coco_train"
@@ -158,6 +163,7 @@ def check_inputs(args: Namespace) -> None:
                 f"dataset {name!r} (DATASETS.TRAIN / DATASETS.TEST) is not registered; "
                 "use --coco-train / --coco-val for your own COCO json files."
             )
+        check_dataset_files(name)
         check_num_classes(name, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
 
 
@@ -169,14 +175,18 @@ def cli(argv: list[str] | None = None) -> int:
     except (InputError, DatasetError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except DatasetError as e:  # found when the loader is built (e.g. image files missing), before training
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -222,3 +222,32 @@ def test_num_classes_mismatch_is_one_line(datasets_root, tmp_path) -> None:
     assert proc.returncode != 0
     assert "synthetic_train" in proc.stderr and "NUM_CLASSES" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_builtin_dataset_without_files_is_one_line(tmp_path) -> None:
+    """A detectron2 builtin dataset whose json is not under $DETECTRON2_DATASETS: named, before anything starts."""
+    out = tmp_path / "out"
+    proc = run_train_net(
+        ["DATASETS.TRAIN", "('coco_2017_val',)", "DATASETS.TEST", "('coco_2017_val',)"]
+        + ["OUTPUT_DIR", str(out)],
+        tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    expected = str(tmp_path / "coco" / "annotations" / "instances_val2017.json")
+    assert expected in proc.stderr and "DETECTRON2_DATASETS" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_registered_dataset_with_missing_image_is_one_line(datasets_root, tmp_path) -> None:
+    """An image deleted after registration: the loader names it before the first iteration."""
+    root = tmp_path / "datasets"
+    shutil.copytree(datasets_root / "synthetic", root / "synthetic")
+    victim = sorted((root / "synthetic" / "train").iterdir())[3]
+    victim.unlink()
+    out = tmp_path / "out"
+    proc = run_train_net(["OUTPUT_DIR", str(out)], root)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert victim.name in proc.stderr and "synthetic_train" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "model_final.pth").exists()

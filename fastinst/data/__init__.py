@@ -9,6 +9,8 @@ from .build import DATASET_MAPPERS, build_train_mapper
 from .dataset_mappers import COCOInstanceNewBaselineDatasetMapper, FastInstInstanceDatasetMapper
 from .datasets import (
     DatasetError,
+    check_dataset_files,
+    check_image_files,
     check_num_classes,
     ensure_synthetic_dataset,
     register_coco_json_dataset,
@@ -24,6 +26,8 @@ __all__ = [
     "DatasetError",
     "FastInstInstanceDatasetMapper",
     "build_train_mapper",
+    "check_dataset_files",
+    "check_image_files",
     "check_num_classes",
     "ensure_synthetic_dataset",
     "generate_synthetic_dataset",

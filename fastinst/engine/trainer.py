@@ -11,7 +11,11 @@ import weakref
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.solver import build_lr_scheduler
@@ -19,6 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from fastinst.data.build import build_train_mapper
+from fastinst.data.datasets import check_image_files
 from fastinst.engine.amp import build_step_trainer
 from fastinst.engine.evaluation import ProgressLoader, build_instance_evaluator
 from fastinst.engine.optimizer import build_optimizer
@@ -69,7 +74,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        """detectron2's loader, after checking that every training image exists (one clear error, not a
+        traceback from a loader worker in the middle of training)."""
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        check_image_files(dataset, cfg.DATASETS.TRAIN)
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg), dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

@@ -9,6 +9,8 @@ COCO (`coco_2017_*`) and Cityscapes come from detectron2's builtin registrations
 
 from .custom_coco import (
     DatasetError,
+    check_dataset_files,
+    check_image_files,
     check_num_classes,
     register_coco_json_dataset,
     validate_coco_json,
@@ -21,6 +23,8 @@ register_all_ade20k_instance()
 
 __all__ = [
     "DatasetError",
+    "check_dataset_files",
+    "check_image_files",
     "check_num_classes",
     "ensure_synthetic_dataset",
     "register_all_ade20k_instance",

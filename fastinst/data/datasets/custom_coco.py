@@ -19,7 +19,14 @@ from typing import Any
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-__all__ = ["DatasetError", "validate_coco_json", "register_coco_json_dataset", "check_num_classes"]
+__all__ = [
+    "DatasetError",
+    "check_dataset_files",
+    "check_image_files",
+    "check_num_classes",
+    "register_coco_json_dataset",
+    "validate_coco_json",
+]
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
 # segmentation: the model; area, iscrowd, bbox: pycocotools' COCOeval; id: detectron2's loader.
@@ -271,4 +278,39 @@ def check_num_classes(dataset_name: str, num_classes: int) -> None:
             f"Dataset '{dataset_name}' ({source}) has {len(classes)} categories but "
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}. "
             f"Set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
+        )
+
+
+def check_dataset_files(dataset_name: str) -> None:
+    """Raise if a registered dataset's annotation file or image folder (from its metadata) does not exist.
+
+    Covers detectron2's builtin registrations (COCO, Cityscapes, ...), whose files live under
+    `$DETECTRON2_DATASETS`: without this check a missing file surfaces as a traceback inside the data loader.
+    Metadata paths that are not set are not checked.
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+    for key, kind, exists in (
+        ("json_file", "annotation file", os.path.isfile),
+        ("image_root", "image folder", os.path.isdir),
+        ("image_dir", "image folder", os.path.isdir),
+        ("gt_dir", "annotation folder", os.path.isdir),
+    ):
+        path = meta.get(key, None)
+        if path and not exists(path):
+            raise DatasetError(
+                f"Dataset '{dataset_name}': {kind} '{path}' does not exist. Builtin datasets are read from "
+                f"$DETECTRON2_DATASETS (now '{root}'); datasets/README.md shows the layout. For your own COCO json "
+                "use --coco-train / --coco-val."
+            )
+
+
+def check_image_files(dataset_dicts: list[dict], dataset_names: Iterable[str]) -> None:
+    """Raise, naming the files, if any `file_name` of the loaded dataset dicts is missing on disk."""
+    missing = [d["file_name"] for d in dataset_dicts if not os.path.isfile(d["file_name"])]
+    if missing:
+        raise DatasetError(
+            f"Dataset {', '.join(repr(n) for n in dataset_names)}: {len(missing)} of {len(dataset_dicts)} image "
+            f"files do not exist: {_listing(missing, len(missing))}. Restore them, or remove their entries from "
+            "the annotation json."
         )
