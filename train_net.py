@@ -184,7 +184,8 @@ def cli(argv: list[str] | None = None) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except DatasetError as e:  # found when the loader is built (e.g. image files missing), before training
+    except DatasetError as e:
+        # found when the training loader is built (e.g. image files missing), before the first iteration
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
