@@ -39,6 +39,7 @@ from fastinst.data import (
     register_coco_json_dataset,
 )
 from fastinst.engine import Trainer
+from fastinst.engine.time_budget import time_budget_overrides
 
 CUSTOM_TRAIN = "custom_coco_train"
 CUSTOM_VAL = "custom_coco_val"
@@ -150,8 +151,11 @@ def main(args: Namespace):
     return trainer.train()
 
 
-def check_inputs(args: Namespace) -> None:
-    """Fail fast, before any process starts: config file, custom datasets, dataset/NUM_CLASSES agreement."""
+def check_inputs(args: Namespace) -> CfgNode:
+    """Fail fast, before any process starts: config file, custom datasets, dataset/NUM_CLASSES agreement.
+
+    Returns the merged config.
+    """
     if args.config_file and not os.path.isfile(args.config_file):
         raise InputError(f"{args.config_file}: config file not found.")
     custom = register_custom_datasets(args)
@@ -165,13 +169,38 @@ def check_inputs(args: Namespace) -> None:
             )
         check_dataset_files(name)
         check_num_classes(name, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    return cfg
+
+
+def fit_time_budget(args: Namespace, cfg: CfgNode) -> list[str]:
+    """SOLVER.TIME_BUDGET_MINUTES > 0: iteration-count overrides measured here, once, for every process."""
+    if args.eval_only or cfg.SOLVER.TIME_BUDGET_MINUTES <= 0:
+        return []
+    if args.num_machines > 1:
+        raise InputError(
+            "SOLVER.TIME_BUDGET_MINUTES measures the speed of one machine; for a multi-machine run set "
+            "SOLVER.TIME_BUDGET_MINUTES 0 and SOLVER.MAX_ITER."
+        )
+    threads = None
+    if torch.device(cfg.MODEL.DEVICE).type == "cpu" and args.num_gpus > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.num_gpus)  # as _share_cpu_threads will
+    overrides = time_budget_overrides(
+        cfg, resume=args.resume, world_size=args.num_gpus, threads=threads
+    )
+    print(
+        f"SOLVER.TIME_BUDGET_MINUTES {cfg.SOLVER.TIME_BUDGET_MINUTES:g}: training with "
+        + " ".join(overrides),
+        flush=True,
+    )
+    return overrides
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
-        check_inputs(args)
+        cfg = check_inputs(args)
+        args.opts = [*args.opts, *fit_time_budget(args, cfg)]
     except (InputError, DatasetError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

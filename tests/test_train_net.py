@@ -251,3 +251,17 @@ def test_registered_dataset_with_missing_image_is_one_line(datasets_root, tmp_pa
     assert victim.name in proc.stderr and "synthetic_train" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "model_final.pth").exists()
+
+
+def test_time_budget_trains_the_measured_number_of_iterations(datasets_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    proc = run_train_net(
+        ["SOLVER.TIME_BUDGET_MINUTES", "0.05", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)],
+        datasets_root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("SOLVER.TIME_BUDGET_MINUTES"))
+    max_iter = int(line.split("SOLVER.MAX_ITER ")[1].split()[0])
+    assert max_iter >= 1
+    assert f"MAX_ITER: {max_iter}\n" in (out / "config.yaml").read_text()
+    assert final_state(out) == (max_iter - 1, max_iter)
