@@ -27,7 +27,7 @@ def add_fastinst_config(cfg: CN) -> None:
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
-    # Train for about this many minutes (0: off): MAX_ITER and the other iteration counts are scaled to the
+    # Train for about this many minutes (0.0: off): MAX_ITER and the other iteration counts are scaled to the
     # seconds per iteration measured before training (fastinst/engine/time_budget.py).
     cfg.SOLVER.TIME_BUDGET_MINUTES = 0.0
 
