@@ -21,10 +21,35 @@ def _src_permutation(indices: Indices) -> tuple[Tensor, Tensor]:
     return batch_idx, src_idx
 
 
-def proposal_loss(proposal_cls_logits: Tensor, targets: list[dict], indices: Indices) -> Tensor:
+def dense_cell_classes(target: dict, size: tuple[int, int], no_object: int) -> Tensor:
+    """(H * W,) class of the object covering most of each cell of an H x W grid over the padded image, or
+    `no_object` where objects cover at most half of the cell."""
+    masks = target["masks"]
+    if masks.shape[0] == 0:
+        return torch.full((size[0] * size[1],), no_object, dtype=torch.int64, device=masks.device)
+    cover = F.adaptive_avg_pool2d(masks[None].float(), size)[0].flatten(1)  # (G, H*W)
+    best_cover, best = cover.max(dim=0)  # (H*W,)
+    classes = target["labels"].to(masks.device)[best]
+    return torch.where(best_cover > 0.5, classes, torch.full_like(classes, no_object))
+
+
+def pixel_class_loss(pixel_cls_logits: Tensor, targets: list[dict]) -> Tensor:
+    """Cross-entropy of (B, K+1, H8, W8) logits against the dense cell classes of each image -> scalar."""
+    size = tuple(pixel_cls_logits.shape[-2:])
+    no_object = pixel_cls_logits.shape[1] - 1
+    target_classes = torch.stack([dense_cell_classes(t, size, no_object) for t in targets]).to(
+        pixel_cls_logits.device
+    )  # (B, L8)
+    return F.cross_entropy(pixel_cls_logits.float().flatten(2), target_classes)
+
+
+def proposal_loss(
+    proposal_cls_logits: Tensor, targets: list[dict], indices: Indices, dense: bool = False
+) -> Tensor:
     """Plain cross-entropy over every stride-16 location (padding included) (B, K+1, H16, W16) -> scalar.
 
-    Unmatched locations are no-object (class K); there are no class weights and no instance normaliser.
+    Unmatched locations are no-object (class K) -- or, with `dense`, the class of the object covering most of the
+    cell when objects cover more than half of it; there are no class weights and no instance normaliser.
     """
     b, k1 = proposal_cls_logits.shape[:2]
     logits = proposal_cls_logits.float().flatten(2)  # (B, K+1, L16)
@@ -32,6 +57,9 @@ def proposal_loss(proposal_cls_logits: Tensor, targets: list[dict], indices: Ind
         (b, logits.shape[2]), k1 - 1, dtype=torch.int64, device=logits.device
     )  # (B, L16)
     for i, (target, (src, tgt)) in enumerate(zip(targets, indices)):
+        if dense:
+            size = proposal_cls_logits.shape[-2:]
+            target_classes[i] = dense_cell_classes(target, size, k1 - 1).to(logits.device)
         target_classes[i, src.to(logits.device)] = target["labels"][tgt]
     return F.cross_entropy(logits, target_classes, ignore_index=-1)
 
@@ -40,7 +68,8 @@ class SetCriterion(nn.Module):
     """Computes FastInst's losses for one forward pass of the decoder.
 
     The returned dict holds unweighted losses in the official key order: ``loss_ce, loss_mask, loss_dice``, the same
-    with suffixes ``_0 .. _{2Ld-1}`` for the auxiliary outputs, then ``loss_proposal``.
+    with suffixes ``_0 .. _{2Ld-1}`` for the auxiliary outputs, then ``loss_proposal`` (and ``loss_pixel_class``
+    when the decoder returns `pixel_cls_logits`, which the official one does not).
     """
 
     def __init__(
@@ -53,8 +82,10 @@ class SetCriterion(nn.Module):
         num_points: int,
         oversample_ratio: float,
         importance_sample_ratio: float,
+        dense_proposal_targets: bool = False,
     ):
         super().__init__()
+        self.dense_proposal_targets = dense_proposal_targets
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
@@ -128,11 +159,16 @@ class SetCriterion(nn.Module):
         if outputs.get("proposal_cls_logits") is not None:
             logits = outputs["proposal_cls_logits"]
             proposal = proposal_loss(
-                logits, targets, self.matcher.proposal_matching(logits, targets)
+                logits,
+                targets,
+                self.matcher.proposal_matching(logits, targets),
+                dense=self.dense_proposal_targets,
             )
 
         main_outputs = {
-            k: v for k, v in outputs.items() if k not in ("aux_outputs", "proposal_cls_logits")
+            k: v
+            for k, v in outputs.items()
+            if k not in ("aux_outputs", "proposal_cls_logits", "pixel_cls_logits")
         }
         indices = self._match(main_outputs, targets)
         num_masks = self.num_masks(targets, outputs["pred_logits"].device)
@@ -147,6 +183,8 @@ class SetCriterion(nn.Module):
 
         if proposal is not None:
             losses["loss_proposal"] = proposal
+        if outputs.get("pixel_cls_logits") is not None:
+            losses["loss_pixel_class"] = pixel_class_loss(outputs["pixel_cls_logits"], targets)
         return losses
 
     def extra_repr(self) -> str:

@@ -40,6 +40,8 @@ def build_criterion(cfg) -> SetCriterion:
             aux.update({f"{k}_{i}": v for k, v in weight_dict.items()})
         weight_dict.update(aux)
     weight_dict["loss_proposal"] = fi.PROPOSAL_WEIGHT
+    if fi.PIXEL_CLASS_WEIGHT > 0:
+        weight_dict["loss_pixel_class"] = fi.PIXEL_CLASS_WEIGHT
     return SetCriterion(
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         matcher=matcher,
@@ -49,6 +51,7 @@ def build_criterion(cfg) -> SetCriterion:
         num_points=fi.TRAIN_NUM_POINTS,
         oversample_ratio=fi.OVERSAMPLE_RATIO,
         importance_sample_ratio=fi.IMPORTANCE_SAMPLE_RATIO,
+        dense_proposal_targets=fi.DENSE_PROPOSAL_TARGETS,
     )
 
 

@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastinst.modeling import point_sampling
-from fastinst.modeling.criterion import proposal_loss
+from fastinst.modeling.criterion import dense_cell_classes, pixel_class_loss, proposal_loss
 from fastinst.modeling.losses import (
     dice_loss,
     pairwise_dice_cost,
@@ -144,3 +145,29 @@ def test_proposal_matching_and_loss():
     assert loss.item() == pytest.approx(
         math.log(4), rel=1e-6
     )  # uniform logits: CE = log(K+1) everywhere
+
+
+def test_dense_proposal_targets_label_the_cells_an_object_mostly_covers():
+    # 2x3 stride-16 map of a 32x48 image, K = 3. Object 0 (class 1) covers cell (0, 0) fully and cell (0, 1) by a
+    # quarter; object 1 (class 2) covers cell (1, 2) by three quarters and is the matched one.
+    masks = torch.zeros(2, 32, 48, dtype=torch.bool)
+    masks[0, 0:16, 0:20] = True
+    masks[1, 16:32, 36:48] = True
+    targets = [{"labels": torch.tensor([1, 2]), "masks": masks}]
+    assert dense_cell_classes(targets[0], (2, 3), no_object=3).tolist() == [1, 3, 3, 3, 3, 2]
+
+    logits = torch.zeros(1, 4, 2, 3)
+    logits[0, 1, 0, 0] = 5.0  # confident and right where the dense target says class 1
+    matched = [(torch.tensor([5]), torch.tensor([1]))]
+    dense = proposal_loss(logits, targets, matched, dense=True)
+    sparse = proposal_loss(logits, targets, matched)
+    log_softmax = torch.log_softmax(logits.flatten(2), dim=1)[0]  # (K+1, L16)
+    expected_dense = -(log_softmax[1, 0] + 4 * log_softmax[3, 1] + log_softmax[2, 5]) / 6
+    expected_sparse = -(5 * log_softmax[3, 0:5].mean() + log_softmax[2, 5]) / 6
+    assert dense.item() == pytest.approx(expected_dense.item(), rel=1e-6)
+    assert sparse.item() == pytest.approx(expected_sparse.item(), rel=1e-6)
+    assert dense.item() < sparse.item()
+    expected_pixel = F.cross_entropy(logits.flatten(2), torch.tensor([[1, 3, 3, 3, 3, 2]]))
+    assert pixel_class_loss(logits, targets).item() == pytest.approx(
+        expected_pixel.item(), rel=1e-6
+    )
