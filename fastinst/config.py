@@ -55,9 +55,6 @@ def add_fastinst_config(cfg: CN) -> None:
     # Not in the official release (False = official): the proposal loss also labels every stride-16 cell that an
     # object covers by more than half with that object's class, instead of only the matched cell.
     cfg.MODEL.FASTINST.DENSE_PROPOSAL_TARGETS = False
-    # Not in the official release (0.0 = official): weight of a dense class loss on the stride-8 pixel features,
-    # classified by the proposal classifier (no new parameters) against the same cell labels.
-    cfg.MODEL.FASTINST.PIXEL_CLASS_WEIGHT = 0.0
     # decoder
     cfg.MODEL.FASTINST.NHEADS = 8
     # Set by the official YAMLs; the official decoder hard-codes dropout 0 and so does this one.

@@ -33,16 +33,6 @@ def dense_cell_classes(target: dict, size: tuple[int, int], no_object: int) -> T
     return torch.where(best_cover > 0.5, classes, torch.full_like(classes, no_object))
 
 
-def pixel_class_loss(pixel_cls_logits: Tensor, targets: list[dict]) -> Tensor:
-    """Cross-entropy of (B, K+1, H8, W8) logits against the dense cell classes of each image -> scalar."""
-    size = tuple(pixel_cls_logits.shape[-2:])
-    no_object = pixel_cls_logits.shape[1] - 1
-    target_classes = torch.stack([dense_cell_classes(t, size, no_object) for t in targets]).to(
-        pixel_cls_logits.device
-    )  # (B, L8)
-    return F.cross_entropy(pixel_cls_logits.float().flatten(2), target_classes)
-
-
 def proposal_loss(
     proposal_cls_logits: Tensor, targets: list[dict], indices: Indices, dense: bool = False
 ) -> Tensor:
@@ -68,8 +58,7 @@ class SetCriterion(nn.Module):
     """Computes FastInst's losses for one forward pass of the decoder.
 
     The returned dict holds unweighted losses in the official key order: ``loss_ce, loss_mask, loss_dice``, the same
-    with suffixes ``_0 .. _{2Ld-1}`` for the auxiliary outputs, then ``loss_proposal`` (and ``loss_pixel_class``
-    when the decoder returns `pixel_cls_logits`, which the official one does not).
+    with suffixes ``_0 .. _{2Ld-1}`` for the auxiliary outputs, then ``loss_proposal``.
     """
 
     def __init__(
@@ -166,9 +155,7 @@ class SetCriterion(nn.Module):
             )
 
         main_outputs = {
-            k: v
-            for k, v in outputs.items()
-            if k not in ("aux_outputs", "proposal_cls_logits", "pixel_cls_logits")
+            k: v for k, v in outputs.items() if k not in ("aux_outputs", "proposal_cls_logits")
         }
         indices = self._match(main_outputs, targets)
         num_masks = self.num_masks(targets, outputs["pred_logits"].device)
@@ -183,8 +170,6 @@ class SetCriterion(nn.Module):
 
         if proposal is not None:
             losses["loss_proposal"] = proposal
-        if outputs.get("pixel_cls_logits") is not None:
-            losses["loss_pixel_class"] = pixel_class_loss(outputs["pixel_cls_logits"], targets)
         return losses
 
     def extra_repr(self) -> str:

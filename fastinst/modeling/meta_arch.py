@@ -40,8 +40,6 @@ def build_criterion(cfg) -> SetCriterion:
             aux.update({f"{k}_{i}": v for k, v in weight_dict.items()})
         weight_dict.update(aux)
     weight_dict["loss_proposal"] = fi.PROPOSAL_WEIGHT
-    if fi.PIXEL_CLASS_WEIGHT > 0:
-        weight_dict["loss_pixel_class"] = fi.PIXEL_CLASS_WEIGHT
     return SetCriterion(
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         matcher=matcher,

@@ -93,10 +93,8 @@ class FastInstDecoder(nn.Module):
         pre_norm: bool,
         mask_dim: int,
         criterion: SetCriterion | None = None,
-        pixel_class_logits: bool = False,
     ):
         super().__init__()
-        self.pixel_class_logits = pixel_class_logits
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_aux_queries = num_aux_queries
@@ -171,7 +169,6 @@ class FastInstDecoder(nn.Module):
             "pre_norm": fi.PRE_NORM,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
             "criterion": criterion,
-            "pixel_class_logits": fi.PIXEL_CLASS_WEIGHT > 0,
         }
 
     # ------------------------------------------------------------------------------------------------------
@@ -312,7 +309,7 @@ class FastInstDecoder(nn.Module):
             }
             for c, m, idx in zip(all_cls[:-1], all_masks[:-1], all_indices[:-1])
         ]
-        outputs = {
+        return {
             "proposal_cls_logits": proposal_cls_logits,
             "query_locations": query_locations,
             "topk_indices": topk_indices,
@@ -321,10 +318,6 @@ class FastInstDecoder(nn.Module):
             "pred_matching_indices": None,
             "aux_outputs": aux_outputs,
         }
-        if self.training and self.pixel_class_logits:
-            # the proposal classifier on the stride-8 map (B, K+1, H8, W8), for `loss_pixel_class`
-            outputs["pixel_cls_logits"] = self.query_proposal.conv_proposal_cls_logits(pixel_map)
-        return outputs
 
     def gt_guided_branch(
         self,
