@@ -4,7 +4,8 @@
 
 One fixed batch of IMS_PER_BATCH synthetic training images (the quickstart mapper), three models built from the
 same config and seed, timed in turn (forward, backward, AdamW step), medians:
-  official path: float32, MODEL.FASTINST.TRAIN_NUM_POINTS 12544 (the official point count);
+  official path: float32, MODEL.FASTINST.TRAIN_NUM_POINTS 12544 (the official point count), the official
+    proposal targets;
   ours fp32: the config's point count;
   ours: bf16 autocast (what SOLVER.AMP.ENABLED gives on a CPU with native bf16; channels-last measured no faster).
 """
@@ -48,7 +49,15 @@ def main() -> None:
     ]
 
     variants = {
-        "official path (fp32, 12544 points)": (["MODEL.FASTINST.TRAIN_NUM_POINTS", 12544], False),
+        "official path (fp32, 12544 points)": (
+            [
+                "MODEL.FASTINST.TRAIN_NUM_POINTS",
+                12544,
+                "MODEL.FASTINST.DENSE_PROPOSAL_TARGETS",
+                False,
+            ],
+            False,
+        ),
         f"ours fp32 ({cfg.MODEL.FASTINST.TRAIN_NUM_POINTS} points)": ([], False),
         f"ours (bf16 autocast, {cfg.MODEL.FASTINST.TRAIN_NUM_POINTS} points)": (
             [],

@@ -13,6 +13,7 @@ instead of measuring again, so a resumed run ends where the interrupted one woul
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import statistics
@@ -80,26 +81,30 @@ def _as_overrides(counts: dict) -> list[str]:
 
 
 def measure_seconds_per_iter(
-    cfg: CfgNode,
-    num_warmup: int = 2,
-    num_timed: int = 5,
-    images_per_batch: int | None = None,
+    cfg: CfgNode, num_batches: int = 8, images_per_batch: int | None = None
 ) -> float:
-    """Median seconds of one training iteration (forward, backward, optimizer step) of `cfg`'s model.
+    """Seconds one training iteration of `cfg`'s model takes: forward, backward and optimizer step, plus mapping
+    the batch's images.
 
-    Uses the training path of `Trainer` (AMP handling, optimizer) on batches of the first
-    training images, mapped by the training mapper with a fixed seed. The model is built and discarded.
+    Uses the training path of `Trainer` (AMP handling, optimizer) on `num_batches` batches of training images
+    spread over the dataset, mapped by the training mapper with a fixed seed, run twice. The result is the *mean*
+    step time of the second pass (the total is what the budget is about; image sizes vary from batch to batch)
+    plus, on CPU, the time the mapper took per batch: the data-loader workers run on the same cores as training.
+    The model is built and discarded.
     """
     images_per_batch = images_per_batch or cfg.SOLVER.IMS_PER_BATCH
     dicts = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
+    needed = num_batches * images_per_batch
+    picks = [dicts[(i * len(dicts)) // needed] for i in range(needed)]  # spread over the dataset
     state = np.random.get_state()
     np.random.seed(0)  # the mapper's random augmentations: the same batches on every call
     try:
         mapper = build_train_mapper(cfg)
-        needed = (num_warmup + num_timed) * images_per_batch
-        mapped = [mapper(dicts[i % len(dicts)]) for i in range(needed)]
+        start = time.perf_counter()
+        mapped = [mapper(d) for d in picks]
+        map_seconds_per_batch = (time.perf_counter() - start) * images_per_batch / needed
     finally:
         np.random.set_state(state)
     batches = [mapped[i : i + images_per_batch] for i in range(0, len(mapped), images_per_batch)]
@@ -108,21 +113,27 @@ def measure_seconds_per_iter(
     optimizer = build_optimizer(cfg, model)
     step_trainer = build_step_trainer(
         model,
-        iter(batches),
+        itertools.cycle(batches),
         optimizer,
         amp_enabled=cfg.SOLVER.AMP.ENABLED,
         device=cfg.MODEL.DEVICE,
     )
     times = []
     with EventStorage(0):
-        for i in range(num_warmup + num_timed):
-            start = time.perf_counter()
-            step_trainer.run_step()
-            if torch.device(cfg.MODEL.DEVICE).type == "cuda":
-                torch.cuda.synchronize()
-            if i >= num_warmup:
+        # Two passes over the same batches, the second one timed: the first run of every input size is slow
+        # (kernel selection, allocations), and training soon has seen all of its few padded sizes.
+        for _ in range(2):
+            times = []
+            for _ in batches:
+                start = time.perf_counter()
+                step_trainer.run_step()
+                if torch.device(cfg.MODEL.DEVICE).type == "cuda":
+                    torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    step_seconds = statistics.mean(times)
+    if torch.device(cfg.MODEL.DEVICE).type == "cuda":
+        return step_seconds  # the workers' CPU time overlaps GPU work
+    return step_seconds + map_seconds_per_batch
 
 
 def _saved_counts(output_dir: str) -> list[str] | None:

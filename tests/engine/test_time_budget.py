@@ -50,7 +50,7 @@ def test_no_budget_no_overrides(make_tiny_cfg) -> None:
 
 def test_measured_budget_sets_the_schedule(tiny_synthetic, make_tiny_cfg) -> None:
     cfg = make_tiny_cfg("SOLVER.TIME_BUDGET_MINUTES", 0.5)
-    seconds = measure_seconds_per_iter(cfg, num_warmup=1, num_timed=2)
+    seconds = measure_seconds_per_iter(cfg, num_batches=2)
     assert 0.0 < seconds < 30.0
     overrides = as_dict(time_budget_overrides(cfg))
     # timing varies run to run: the count is 30 s over a second measurement of the same step
