@@ -118,7 +118,7 @@ def measure_seconds_per_iter(
         amp_enabled=cfg.SOLVER.AMP.ENABLED,
         device=cfg.MODEL.DEVICE,
     )
-    times = []
+    on_cuda = torch.device(cfg.MODEL.DEVICE).type == "cuda"
     with EventStorage(0):
         # Two passes over the same batches, the second one timed: the first run of every input size is slow
         # (kernel selection, allocations), and training soon has seen all of its few padded sizes.
@@ -127,11 +127,11 @@ def measure_seconds_per_iter(
             for _ in batches:
                 start = time.perf_counter()
                 step_trainer.run_step()
-                if torch.device(cfg.MODEL.DEVICE).type == "cuda":
+                if on_cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
     step_seconds = statistics.mean(times)
-    if torch.device(cfg.MODEL.DEVICE).type == "cuda":
+    if on_cuda:
         return step_seconds  # the workers' CPU time overlaps GPU work
     return step_seconds + map_seconds_per_batch
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fastinst.modeling import point_sampling
 from fastinst.modeling.losses import dice_loss, sigmoid_ce_loss
-from fastinst.modeling.matcher import HungarianMatcher, Indices
+from fastinst.modeling.matcher import HungarianMatcher, Indices, cell_coverage
 
 
 def _src_permutation(indices: Indices) -> tuple[Tensor, Tensor]:
@@ -27,7 +27,7 @@ def dense_cell_classes(target: dict, size: tuple[int, int], no_object: int) -> T
     masks = target["masks"]
     if masks.shape[0] == 0:
         return torch.full((size[0] * size[1],), no_object, dtype=torch.int64, device=masks.device)
-    cover = F.adaptive_avg_pool2d(masks[None].float(), size)[0].flatten(1)  # (G, H*W)
+    cover = cell_coverage(masks, size)  # (G, H*W)
     best_cover, best = cover.max(dim=0)  # (H*W,)
     classes = target["labels"].to(masks.device)[best]
     return torch.where(best_cover > 0.5, classes, torch.full_like(classes, no_object))
@@ -46,9 +46,9 @@ def proposal_loss(
     target_classes = torch.full(
         (b, logits.shape[2]), k1 - 1, dtype=torch.int64, device=logits.device
     )  # (B, L16)
+    size = tuple(proposal_cls_logits.shape[-2:])
     for i, (target, (src, tgt)) in enumerate(zip(targets, indices)):
         if dense:
-            size = proposal_cls_logits.shape[-2:]
             target_classes[i] = dense_cell_classes(target, size, k1 - 1).to(logits.device)
         target_classes[i, src.to(logits.device)] = target["labels"][tgt]
     return F.cross_entropy(logits, target_classes, ignore_index=-1)

@@ -40,6 +40,11 @@ def solve_assignment(cost: Tensor) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
 
+def cell_coverage(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """(G, H * W) fraction of each cell of an H x W grid over the padded image that each of G masks covers."""
+    return F.adaptive_avg_pool2d(masks.float(), size).flatten(1)
+
+
 def location_inside(target_masks: Tensor, locations: Tensor) -> Tensor:
     """Whether each query location falls inside each target: (G, Hp, Wp), (Q, 2) -> (Q, G) float 0/1.
 
@@ -124,8 +129,7 @@ class HungarianMatcher(nn.Module):
             labels = target["labels"]
             masks = target["masks"]
             if labels.numel() > 0:
-                pooled = F.adaptive_avg_pool2d(masks.float(), size)  # (G, H16, W16)
-                inside = (pooled > 0).flatten(1).T.float()  # (L16, G)
+                inside = (cell_coverage(masks, size) > 0).T.float()  # (L16, G)
             else:
                 inside = probs.new_zeros(probs.shape[1], 0)
             cost = self.cost_class * -probs[b][:, labels] + self.cost_location * -inside  # (L16, G)
