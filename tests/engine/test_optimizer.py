@@ -116,6 +116,36 @@ def test_adamw_defaults() -> None:
     assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([BASE_LR * 0.1, BASE_LR])
 
 
+def test_adamw_on_cpu_is_fused_and_updates_like_the_plain_loop() -> None:
+    torch.manual_seed(0)
+    fused_model, plain_model = ToyFastInst(), ToyFastInst()
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(_cfg(), fused_model)
+    assert fused.defaults["fused"] is True
+    plain_params = dict(plain_model.named_parameters())
+    plain = torch.optim.AdamW(
+        [
+            {"params": [plain_params[name]], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+            for g, name in zip(fused.param_groups, _owner_names(fused, fused_model))
+        ],
+        BASE_LR,
+        fused=False,
+    )
+    for _ in range(3):
+        for model in (fused_model, plain_model):
+            for i, p in enumerate(p for p in model.parameters() if p.requires_grad):
+                p.grad = torch.linspace(-1.0, 2.0, p.numel()).reshape(p.shape) * (i + 1)
+        fused.step()
+        plain.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def _owner_names(opt: torch.optim.Optimizer, model: nn.Module) -> list[str]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(g["params"][0])] for g in opt.param_groups]
+
+
 def test_sgd_momentum() -> None:
     opt = build_optimizer(_cfg(OPTIMIZER="SGD", MOMENTUM=0.8), ToyFastInst())
     assert isinstance(opt, torch.optim.SGD)
