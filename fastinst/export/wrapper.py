@@ -13,8 +13,9 @@ the data, which graph formats handle badly, and it is cheap next to the network.
 
 Export notes: `nn.AdaptiveAvgPool2d` (the PPM) is swapped for `ExportableAdaptiveAvgPool2d`, because torch's
 decomposition of adaptive pooling bakes the example's bin layout into the graph (a dynamic-size ONNX graph then
-gives wrong results or index errors at other sizes). Everything else (FrozenBN, `nn.MultiheadAttention` with
-a bool 3-D mask, top-k with k = Q, `torchvision.ops.deform_conv2d` -> ONNX DeformConv) exports as it is.
+gives wrong results or index errors at other sizes). Everything else (FrozenBN, the decoder's attention as
+batched matmuls with a bool 3-D mask, top-k with k = Q, `torchvision.ops.deform_conv2d` -> ONNX DeformConv)
+exports as it is.
 """
 
 import copy

@@ -3,14 +3,50 @@
 All layers are sequence-first, (L, B, C), like `nn.MultiheadAttention(batch_first=False)`, which keeps the official
 state-dict keys. Post-norm (default): x <- LN(x + f(x)). Pre-norm: x <- x + f(LN(x)); only the query side (tgt) is
 normalised, never the memory. Dropout is 0, as hard-coded in the official decoder.
+
+The attention keeps `nn.MultiheadAttention` modules (their parameters are the official `in_proj_weight`,
+`in_proj_bias`, `out_proj.*`) but computes with `multi_head_attention`: plain batched matmuls and a softmax. The
+sequences here are short (tens of queries, hundreds of pixels), where torch's fused CPU attention kernel is
+slow: measured for bf16 forward+backward with 4 images, 4 heads, 58 queries and 576 pixels, 9.3 ms against 2.8 ms
+(pixels attending to queries) and 7.5 against 5.5 ms (queries attending to pixels, masked).
 """
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
+
+
+def multi_head_attention(
+    attn: nn.MultiheadAttention,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    blocked: Tensor | None = None,
+) -> Tensor:
+    """`attn(query, key, value, attn_mask=blocked, need_weights=False)[0]`, computed with batched matmuls.
+
+    query (Lq, B, C), key and value (Lk, B, C); `blocked` is a bool (B * nhead, Lq, Lk) mask, True = may not
+    attend, with heads laid out like `nn.MultiheadAttention`'s (batch-major). The softmax runs in float32.
+    """
+    lq, batch, channels = query.shape
+    lk = key.shape[0]
+    heads = attn.num_heads
+    head_dim = channels // heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+    q = F.linear(query, w_q, b_q).reshape(lq, batch * heads, head_dim).transpose(0, 1)
+    k = F.linear(key, w_k, b_k).reshape(lk, batch * heads, head_dim).transpose(0, 1)
+    v = F.linear(value, w_v, b_v).reshape(lk, batch * heads, head_dim).transpose(0, 1)
+    scores = torch.bmm(q * head_dim**-0.5, k.transpose(1, 2))  # (B * nhead, Lq, Lk)
+    if blocked is not None:
+        scores = scores.masked_fill(blocked, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    out = torch.bmm(weights, v).transpose(0, 1).reshape(lq, batch, channels)
+    return attn.out_proj(out)
 
 
 def _xavier_init(module: nn.Module) -> None:
@@ -32,7 +68,7 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, tgt: Tensor, query_pos: Tensor | None = None) -> Tensor:
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = _with_pos(x, query_pos)
-        out = self.self_attn(q, k, value=x, need_weights=False)[0]
+        out = multi_head_attention(self.self_attn, q, k, x)
         return tgt + out if self.normalize_before else self.norm(tgt + out)
 
 
@@ -58,13 +94,13 @@ class CrossAttentionLayer(nn.Module):
         query_pos: Tensor | None = None,
     ) -> Tensor:
         x = self.norm(tgt) if self.normalize_before else tgt
-        out = self.multihead_attn(
-            query=_with_pos(x, query_pos),
-            key=_with_pos(memory, pos),
-            value=memory,
-            attn_mask=memory_mask,
-            need_weights=False,
-        )[0]
+        out = multi_head_attention(
+            self.multihead_attn,
+            _with_pos(x, query_pos),
+            _with_pos(memory, pos),
+            memory,
+            memory_mask,
+        )
         return tgt + out if self.normalize_before else self.norm(tgt + out)
 
 
