@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fastinst.modeling import postprocessing
 from fastinst.modeling.decoder.fastinst_decoder import attention_mask_from_logits, gt_attention_mask
 from fastinst.modeling.decoder.query_proposal import local_maximum_score
 from fastinst.modeling.postprocessing import instance_inference, instance_inference_reference
@@ -162,7 +163,9 @@ def test_eval_output_instances_have_real_boxes_and_requested_size():
             assert box.tolist() == [0, 0, 0, 0]
 
 
-def test_fast_postprocessing_equals_the_official_order_of_work():
+@pytest.mark.parametrize("chunk_pixels", [1, 1 << 22])  # 2 masks per chunk; all 20 in one (as on a GPU)
+def test_fast_postprocessing_equals_the_official_order_of_work(monkeypatch, chunk_pixels):
+    monkeypatch.setattr(postprocessing, "CHUNK_PIXELS", chunk_pixels)
     torch.manual_seed(0)
     cls_logits, mask_logits = torch.randn(20, 8), torch.randn(20, 12, 16) * 4
     args = (cls_logits, mask_logits, (96, 128), (90, 121), (180, 242), 50)
