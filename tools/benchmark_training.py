@@ -3,14 +3,17 @@
     python tools/benchmark_training.py [--config-file configs/synthetic/quickstart.yaml] [--runs 4] [--threads 2]
 
 One fixed batch of IMS_PER_BATCH synthetic training images (the quickstart mapper), three models built from the
-same config and seed, timed in turn (forward, backward, AdamW step), medians:
+same config and seed, timed in turn (forward, backward, optimizer step with full-model gradient clipping), medians:
   official path: float32, MODEL.FASTINST.TRAIN_NUM_POINTS 12544 (the official point count), the official
-    proposal targets;
-  ours fp32: the config's point count;
-  ours: bf16 autocast (what SOLVER.AMP.ENABLED gives on a CPU with native bf16; channels-last measured no faster).
+    proposal targets, torch's nn.MultiheadAttention forward, the plain (unfused) AdamW loop;
+  ours fp32: the config's point count, the decoder's batched-matmul attention, the trainer's optimizer (fused AdamW
+    on the CPU);
+  ours: the same with bf16 autocast (what SOLVER.AMP.ENABLED gives on a CPU with native bf16; channels-last
+    measured no faster).
 """
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -20,14 +23,31 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
+import fastinst.modeling.decoder.layers as decoder_layers
 from fastinst import add_fastinst_config
 from fastinst.data import build_train_mapper, ensure_synthetic_dataset, register_synthetic
+from fastinst.engine.optimizer import build_optimizer
 
 # The official training recipe's settings that the quickstart config changes.
 OFFICIAL_PATH = [
     "MODEL.FASTINST.TRAIN_NUM_POINTS", 12544,
     "MODEL.FASTINST.DENSE_PROPOSAL_TARGETS", False,
 ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def torch_attention():
+    """The decoder layers call nn.MultiheadAttention's own forward (torch's fused attention), as the official code."""
+    ours = decoder_layers.multi_head_attention
+
+    def official(attn, query, key, value, blocked=None):
+        return attn(query, key, value, attn_mask=blocked, need_weights=False)[0]
+
+    decoder_layers.multi_head_attention = official
+    try:
+        yield
+    finally:
+        decoder_layers.multi_head_attention = ours
 
 
 def make_cfg(config_file: str, opts: list):
@@ -54,36 +74,37 @@ def main() -> None:
         mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: cfg.SOLVER.IMS_PER_BATCH]
     ]
 
-    variants = {
-        "official path (fp32, 12544 points)": (OFFICIAL_PATH, False),
-        f"ours fp32 ({cfg.MODEL.FASTINST.TRAIN_NUM_POINTS} points)": ([], False),
-        f"ours (bf16 autocast, {cfg.MODEL.FASTINST.TRAIN_NUM_POINTS} points)": (
-            [],
-            True,
-        ),
+    points = cfg.MODEL.FASTINST.TRAIN_NUM_POINTS
+    variants = {  # name: (config changes, bf16 autocast, official code path)
+        "official path (fp32, 12544 points)": (OFFICIAL_PATH, False, True),
+        f"ours fp32 ({points} points)": ([], False, False),
+        f"ours (bf16 autocast, {points} points)": ([], True, False),
     }
     runs = {}
-    for name, (opts, bf16) in variants.items():
+    for name, (opts, bf16, official) in variants.items():
         torch.manual_seed(0)
-        model = build_model(make_cfg(args.config_file, opts)).train()
-        runs[name] = (model, torch.optim.AdamW(model.parameters(), 1e-4), bf16, [])
+        run_cfg = make_cfg(args.config_file, opts)
+        model = build_model(run_cfg).train()
+        optimizer = build_optimizer(run_cfg, model, fused=False if official else None)
+        runs[name] = (model, optimizer, bf16, official, [])
 
-    def step(model, optimizer, bf16):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    def step(model, optimizer, bf16, official):
+        context = torch_attention() if official else contextlib.nullcontext()
+        with context, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             losses = model(batch)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
 
-    for model, optimizer, bf16, _ in runs.values():  # warm-up
-        step(model, optimizer, bf16)
+    for *run, _ in runs.values():  # warm-up
+        step(*run)
     for _ in range(args.runs):
-        for model, optimizer, bf16, times in runs.values():
+        for *run, times in runs.values():
             start = time.perf_counter()
-            step(model, optimizer, bf16)
+            step(*run)
             times.append(time.perf_counter() - start)
 
-    base = statistics.median(next(iter(runs.values()))[3])
+    base = statistics.median(next(iter(runs.values()))[-1])
     print(f"{'training path':60s} {'s/iter':>8s} {'vs official':>12s}")
     for name, (*_, times) in runs.items():
         median = statistics.median(times)

@@ -101,8 +101,12 @@ def _fused_adamw_on_cpu(groups: list[dict[str, Any]]) -> bool | None:
     return True if on_cpu else None
 
 
-def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW (torch defaults; the fused kernel on CPU) or SGD with momentum over `build_param_groups`, plus gradient clipping.
+def build_optimizer(
+    cfg: CfgNode, model: nn.Module, *, fused: bool | None = None
+) -> torch.optim.Optimizer:
+    """AdamW (torch defaults) or SGD with momentum over `build_param_groups`, plus gradient clipping.
+
+    `fused` is AdamW's: None uses the fused kernel when every parameter is on the CPU (`_fused_adamw_on_cpu`).
 
     Full-model clipping (clip_grad_norm_ over every parameter inside `step()`, always the 2-norm) is used when
     SOLVER.CLIP_GRADIENTS.ENABLED, CLIP_TYPE == "full_model" and CLIP_VALUE > 0; any other clipping setting
@@ -128,7 +132,9 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     if full_model:
         optimizer_type = _with_full_model_clipping(optimizer_type, clip.CLIP_VALUE)
     if name == "ADAMW":
-        optimizer = optimizer_type(groups, solver.BASE_LR, fused=_fused_adamw_on_cpu(groups))
+        if fused is None:
+            fused = _fused_adamw_on_cpu(groups)
+        optimizer = optimizer_type(groups, solver.BASE_LR, fused=fused)
     else:
         optimizer = optimizer_type(groups, solver.BASE_LR, momentum=solver.MOMENTUM)
     if clip.CLIP_TYPE != "full_model":  # "full_model" with CLIP_VALUE <= 0 means no clipping
