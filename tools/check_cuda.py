@@ -216,6 +216,13 @@ def main() -> int:
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("No CUDA device: these checks need an NVIDIA GPU.", file=sys.stderr)
         return 2
+    golden = REFERENCE / "golden"
+    if not golden.is_dir():
+        print(
+            f"error: {golden} not found: the golden references live in ../shared/reference.",
+            file=sys.stderr,
+        )
+        return 2
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {name}", flush=True)
     check_golden()
