@@ -55,6 +55,9 @@ def add_fastinst_config(cfg: CN) -> None:
     # Not in the official release (False = official): the proposal loss also labels every stride-16 cell that an
     # object covers by more than half with that object's class, instead of only the matched cell.
     cfg.MODEL.FASTINST.DENSE_PROPOSAL_TARGETS = False
+    # Not a key of the official release, whose training always runs the GT-mask-guided branch (True = official):
+    # False skips it (training only; no parameters change).
+    cfg.MODEL.FASTINST.GT_MASK_GUIDED = True
     # decoder
     cfg.MODEL.FASTINST.NHEADS = 8
     # Set by the official YAMLs; the official decoder hard-codes dropout 0 and so does this one.

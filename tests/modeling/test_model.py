@@ -84,6 +84,28 @@ def test_training_aux_outputs_follow_the_official_order():
     assert ((out["query_locations"] >= 0) & (out["query_locations"] <= 1)).all()
 
 
+def test_training_without_the_gt_mask_guided_branch():
+    official = tiny_model(train=True)
+    model = tiny_model(["MODEL.FASTINST.GT_MASK_GUIDED", False], train=True)
+    assert model.state_dict().keys() == official.state_dict().keys()
+    batch = training_batch()
+    images = model.preprocess(batch)
+    targets = model.prepare_targets(batch, images)
+    aux = model.sem_seg_head(model.backbone(images.tensor), targets)["aux_outputs"]
+    assert len(aux) == 2  # initial prediction; normal layer 0
+    assert all(a["pred_matching_indices"] is None for a in aux)
+    losses = model(batch)
+    assert list(losses) == expected_loss_keys(1)  # main, initial prediction (_0), layer 0 (_1), proposal
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()  # inference does not use the branch either way
+    official.eval()
+    official.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        image = [{"image": random_image(64, 96, 2)}]
+        ours, theirs = model(image)[0]["instances"], official(image)[0]["instances"]
+    torch.testing.assert_close(ours.scores, theirs.scores)
+
+
 def test_image_without_annotations_trains():
     model = tiny_model(train=True)
     batch = training_batch()

@@ -93,8 +93,10 @@ class FastInstDecoder(nn.Module):
         pre_norm: bool,
         mask_dim: int,
         criterion: SetCriterion | None = None,
+        gt_mask_guided: bool = True,
     ):
         super().__init__()
+        self.gt_mask_guided = gt_mask_guided
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_aux_queries = num_aux_queries
@@ -169,6 +171,7 @@ class FastInstDecoder(nn.Module):
             "pre_norm": fi.PRE_NORM,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
             "criterion": criterion,
+            "gt_mask_guided": fi.GT_MASK_GUIDED,
         }
 
     # ------------------------------------------------------------------------------------------------------
@@ -291,7 +294,7 @@ class FastInstDecoder(nn.Module):
             pixel_memory.append(pixel_features)
 
         all_indices = [None] * (self.num_layers + 1)
-        if self.training:
+        if self.training and self.gt_mask_guided:
             guided_cls, guided_masks, indices = self.gt_guided_branch(
                 query_memory, pixel_memory, query_pos, pixel_pos, size8, cls, masks,
                 query_locations, targets,
