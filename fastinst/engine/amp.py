@@ -73,7 +73,9 @@ def build_step_trainer(
     if not amp_enabled:
         return SimpleTrainer(model, data_loader, optimizer)
     if torch.device(device).type == "cuda":
-        logger.info("SOLVER.AMP.ENABLED on CUDA: float16 autocast with a GradScaler (detectron2 AMPTrainer).")
+        logger.info(
+            "SOLVER.AMP.ENABLED on CUDA: float16 autocast with a GradScaler (detectron2 AMPTrainer)."
+        )
         return AMPTrainer(model, data_loader, optimizer)
     if cpu_supports_bf16():
         logger.info("SOLVER.AMP.ENABLED on CPU: training with bfloat16 autocast.")

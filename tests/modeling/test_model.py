@@ -95,7 +95,9 @@ def test_training_without_the_gt_mask_guided_branch():
     assert len(aux) == 2  # initial prediction; normal layer 0
     assert all(a["pred_matching_indices"] is None for a in aux)
     losses = model(batch)
-    assert list(losses) == expected_loss_keys(1)  # main, initial prediction (_0), layer 0 (_1), proposal
+    assert list(losses) == expected_loss_keys(
+        1
+    )  # main, initial prediction (_0), layer 0 (_1), proposal
     assert all(torch.isfinite(v) for v in losses.values())
     model.eval()  # inference does not use the branch either way
     official.eval()
@@ -185,7 +187,9 @@ def test_eval_output_instances_have_real_boxes_and_requested_size():
             assert box.tolist() == [0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("chunk_pixels", [1, 1 << 22])  # 2 masks per chunk; all 20 in one (as on a GPU)
+@pytest.mark.parametrize(
+    "chunk_pixels", [1, 1 << 22]
+)  # 2 masks per chunk; all 20 in one (as on a GPU)
 def test_fast_postprocessing_equals_the_official_order_of_work(monkeypatch, chunk_pixels):
     monkeypatch.setattr(postprocessing, "CHUNK_PIXELS", chunk_pixels)
     torch.manual_seed(0)
