@@ -14,10 +14,10 @@ the "640" ones. The image is passed without "height"/"width", so masks are post-
 - parameter: detectron2 ``parameter_count_table`` (max depth 5) and the total; for an official config, the official
   total next to it.
 - flop: detectron2 ``FlopCountAnalysis`` of ``model(inputs)`` (the whole model: normalisation to instances),
-  fvcore convention: **one multiply-add = one flop** (so these are GMACs, like the README's "GFlops"). fvcore has
-  no rule for ``scaled_dot_product_attention``; this tool counts it (QK^T + AV). The official model ran attention
-  through ``bmm`` (counted) and, for the masked cross-attention, ``baddbmm`` (not counted by fvcore), so the
-  "official-comparable" total leaves out the masked QK^T. torchvision's ``deform_conv2d`` (R50-vd-DCN) has no rule
+  fvcore convention: **one multiply-add = one flop** (so these are GMACs, like the README's "GFlops"). Attention
+  runs through ``bmm`` (counted by fvcore) and, for the masked cross-attention logits, ``baddbmm``, which fvcore
+  has no rule for; this tool counts it. The official model ran attention the same way, and its figures leave
+  the baddbmm out, so the "official-comparable" total does too. torchvision's ``deform_conv2d`` (R50-vd-DCN) has no rule
   either and is not counted, as in the official figures (../shared/reference/costs.json).
 - activation: detectron2 ``activation_count_operators``, averaged over the ``-n`` inputs (SPEC §10 F16: the
   official tool divided by n - 1).
@@ -121,46 +121,37 @@ def build(cfg: CfgNode, weights: str, official_path: bool) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# fvcore rules for scaled_dot_product_attention (fvcore has none)
+# fvcore rules for baddbmm (fvcore has none): the decoder's masked attention logits
 
 
-class AttentionFlops:
-    """FLOP rule for aten::scaled_dot_product_attention: QK^T and AV multiply-adds.
+class MaskedAttentionFlops:
+    """FLOP rule for aten::baddbmm(bias, batch1, batch2): the multiply-adds of batch1 @ batch2.
 
-    Also sums the QK^T part of masked calls in `masked_qk`, which the official count (baddbmm) leaves out.
+    The decoder computes masked attention logits with baddbmm (an additive mask), as torch's MultiheadAttention
+    did for the official model; fvcore has no baddbmm rule, so the official figures leave them out. This rule
+    counts them and sums them in `masked_qk`, which the "official-comparable" total subtracts.
     """
 
     def __init__(self):
         self.masked_qk = 0
 
     def __call__(self, inputs, outputs) -> int:
-        q, k, v = (get_shape(x) for x in inputs[:3])
-        *batch, lq, d = q
-        lk, dv = k[-2], v[-1]
-        n = 1
-        for b in batch:
-            n *= b
-        qk, av = n * lq * lk * d, n * lq * lk * dv
-        mask = inputs[3] if len(inputs) > 3 else None
-        if mask is not None and get_shape(mask) is not None:
-            self.masked_qk += qk
-        return qk + av
+        b, n, m = get_shape(inputs[1])
+        p = get_shape(inputs[2])[-1]
+        flops = b * n * m * p
+        self.masked_qk += flops
+        return flops
 
 
-def attention_activations(inputs, outputs) -> int:
-    """Activation rule for scaled_dot_product_attention: the attention logits and the output."""
-    q, k = get_shape(inputs[0]), get_shape(inputs[1])
-    n = 1
-    for b in q[:-2]:
-        n *= b
-    out = get_shape(outputs[0])
+def masked_attention_activations(inputs, outputs) -> int:
+    """Activation rule for baddbmm: its output (the attention logits)."""
     total = 1
-    for s in out:
+    for s in get_shape(outputs[0]):
         total *= s
-    return n * q[-2] * k[-2] + total
+    return total
 
 
-SDPA = "aten::scaled_dot_product_attention"
+BADDBMM = "aten::baddbmm"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -181,8 +172,8 @@ def do_flop(model, inputs) -> None:
     totals, comparable = [], []
     by_operator: dict[str, list[float]] = defaultdict(list)
     for inp in inputs:
-        rule = AttentionFlops()
-        flops = FlopCountAnalysis(model, [inp]).set_op_handle(SDPA, rule)
+        rule = MaskedAttentionFlops()
+        flops = FlopCountAnalysis(model, [inp]).set_op_handle(BADDBMM, rule)
         flops.unsupported_ops_warnings(False)
         flops.uncalled_modules_warnings(False)
         total = flops.total()
@@ -205,7 +196,7 @@ def do_activation(model, inputs) -> None:
     totals, by_operator = [], Counter()
     for inp in inputs:
         counts = activation_count_operators(
-            model, [inp], supported_ops={SDPA: attention_activations}
+            model, [inp], supported_ops={BADDBMM: masked_attention_activations}
         )
         by_operator.update(counts)
         totals.append(sum(counts.values()))

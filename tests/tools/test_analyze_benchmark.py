@@ -49,12 +49,12 @@ def test_analyze_flops_and_activations_on_the_tiny_config(capsys):
     )
     comparable = float(re.search(r"FLOPs official-comparable: ([\d.]+)", out)[1])
     assert 0 < comparable <= total  # the masked attention logits are the difference
-    for op in ("conv", "linear", "scaled_dot_product_attention", "einsum"):
+    for op in ("conv", "linear", "bmm", "baddbmm", "einsum"):
         assert re.search(rf"^  {op} +[\d.]+$", out, re.M), op
     assert re.search(r"Activations total: [\d.]+ ± [\d.]+ M over 2 input\(s\)", out)
 
 
-def test_attention_flop_rule_counts_both_products():
+def test_masked_attention_flop_rule_counts_the_batched_product():
     rules = runpy.run_path(str(REPO / "tools" / "analyze_model.py"))
 
     class Value:  # a stand-in for a JIT value with a known shape
@@ -70,12 +70,11 @@ def test_attention_flop_rule_counts_both_products():
         def sizes(self):
             return self.shape
 
-    rule = rules["AttentionFlops"]()
-    q, k, v = Value([2, 4, 10, 8]), Value([2, 4, 6, 8]), Value([2, 4, 6, 8])
-    assert rule([q, k, v], []) == 2 * (2 * 4 * 10 * 6 * 8)
-    assert rule.masked_qk == 0
-    rule([q, k, v, Value([8, 10, 6])], [])
-    assert rule.masked_qk == 2 * 4 * 10 * 6 * 8
+    rule = rules["MaskedAttentionFlops"]()
+    bias, q, kt = Value([8, 10, 6]), Value([8, 10, 4]), Value([8, 4, 6])
+    assert rule([bias, q, kt], []) == 8 * 10 * 4 * 6
+    rule([bias, q, kt], [])
+    assert rule.masked_qk == 2 * 8 * 10 * 4 * 6
 
 
 def test_benchmark_prints_a_table_with_mask_rcnn_and_ratios(capsys):

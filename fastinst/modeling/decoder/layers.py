@@ -41,9 +41,14 @@ def multi_head_attention(
     q = F.linear(query, w_q, b_q).reshape(lq, batch * heads, head_dim).transpose(0, 1)
     k = F.linear(key, w_k, b_k).reshape(lk, batch * heads, head_dim).transpose(0, 1)
     v = F.linear(value, w_v, b_v).reshape(lk, batch * heads, head_dim).transpose(0, 1)
-    scores = torch.bmm(q * head_dim**-0.5, k.transpose(1, 2))  # (B * nhead, Lq, Lk)
-    if blocked is not None:
-        scores = scores.masked_fill(blocked, float("-inf"))
+    q = q * head_dim**-0.5
+    if blocked is None:
+        scores = torch.bmm(q, k.transpose(1, 2))  # (B * nhead, Lq, Lk)
+    else:  # an additive mask through baddbmm, as torch's MultiheadAttention did when FastInst was released
+        bias = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill_(
+            blocked, float("-inf")
+        )
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2))
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     out = torch.bmm(weights, v).transpose(0, 1).reshape(lq, batch, channels)
     return attn.out_proj(out)
