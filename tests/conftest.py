@@ -56,6 +56,13 @@ def recipe_value(key: str, shape: tuple[int, ...], current: torch.Tensor) -> tor
     return torch.as_tensor(np.asarray(value), dtype=torch.float32)
 
 
+def relative_error(out: torch.Tensor, ref) -> float:
+    """||out - ref|| / ||ref|| in float64 on the CPU; `ref` a tensor or an array."""
+    out = out.detach().cpu().double()
+    ref = torch.as_tensor(ref).detach().cpu().double()
+    return float((out - ref).norm() / ref.norm())
+
+
 def load_recipe_weights(model: torch.nn.Module) -> None:
     """Overwrite every state-dict entry of `model` with the golden recipe."""
     state = model.state_dict()

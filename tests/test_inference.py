@@ -13,14 +13,16 @@ from fastinst.inference import (
     inference_context,
     prepare_for_inference,
 )
-from tests.conftest import REFERENCE, load_recipe_weights, make_cfg, random_image, tiny_model
+from tests.conftest import (
+    REFERENCE,
+    load_recipe_weights,
+    make_cfg,
+    random_image,
+    relative_error,
+    tiny_model,
+)
 
 GOLDEN = REFERENCE / "golden"
-
-
-def relative_error(out: torch.Tensor, ref) -> float:
-    ref = torch.as_tensor(ref).float()
-    return float((out.float() - ref).norm() / ref.norm())
 
 
 def run(model, inputs, precision="fp32"):

@@ -5,7 +5,7 @@
 One fixed batch of IMS_PER_BATCH synthetic training images (the quickstart mapper), three models built from the
 same config and seed, timed in turn (forward, backward, optimizer step with full-model gradient clipping), medians:
   official path: float32, MODEL.FASTINST.TRAIN_NUM_POINTS 12544 (the official point count), the official
-    proposal targets, torch's nn.MultiheadAttention forward, the plain (unfused) AdamW loop;
+    proposal targets and GT-mask-guided branch, torch's nn.MultiheadAttention forward, the plain (unfused) AdamW loop;
   ours fp32: the config's point count, the decoder's batched-matmul attention, the trainer's optimizer (fused AdamW
     on the CPU);
   ours: the same with bf16 autocast (what SOLVER.AMP.ENABLED gives on a CPU with native bf16; channels-last
@@ -32,6 +32,7 @@ from fastinst.engine.optimizer import build_optimizer
 OFFICIAL_PATH = [
     "MODEL.FASTINST.TRAIN_NUM_POINTS", 12544,
     "MODEL.FASTINST.DENSE_PROPOSAL_TARGETS", False,
+    "MODEL.FASTINST.GT_MASK_GUIDED", True,
 ]  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from fastinst.data import ensure_synthetic_dataset  # noqa: E402
 from fastinst.inference import inference_context, prepare_for_inference  # noqa: E402
-from tests.conftest import REFERENCE, load_recipe_weights, make_cfg  # noqa: E402
+from tests.conftest import REFERENCE, load_recipe_weights, make_cfg, relative_error  # noqa: E402
 
 GOLDEN_CASES = [
     ("r50_d1_160x224", "fastinst_R50_ppm-fpn_x1_576"),
@@ -46,11 +46,6 @@ RESULTS: list[tuple[str, bool, str]] = []
 def report(name: str, ok: bool, detail: str) -> None:
     RESULTS.append((name, ok, detail))
     print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
-
-
-def relative_error(out: torch.Tensor, ref: np.ndarray) -> float:
-    out = out.detach().float().cpu().numpy()
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
 DEVICE = "cuda"

@@ -103,8 +103,8 @@ def instance_inference(
     pred_boxes (the tight box of each mask; empty masks give zero boxes), sorted by score.
 
     On the CPU the u distinct masks are resized, thresholded and measured a few at a time (about CHUNK_PIXELS),
-    so the float intermediates mostly stay in the cache; only the bool masks are kept. On a GPU, all at once. Every step is per mask, so the
-    results do not depend on the chunking.
+    so the float intermediates mostly stay in the cache; only the bool masks are kept. On a GPU, all at once.
+    Every step is per mask, so the results do not depend on the chunking.
     """
     scores, queries, labels = topk_pairs(cls_logits, topk)
     unique, inverse = torch.unique(queries, return_inverse=True)  # (u,), (k,)

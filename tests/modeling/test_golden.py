@@ -7,17 +7,13 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from fastinst.modeling import point_sampling
-from tests.conftest import REFERENCE, load_recipe_weights, make_cfg
+from tests.conftest import REFERENCE, load_recipe_weights, make_cfg, relative_error
 
 GOLDEN = REFERENCE / "golden"
 CASES = [
     ("r50_d1_160x224", "fastinst_R50_ppm-fpn_x1_576"),
     ("r50_d3_150x211", "fastinst_R50_ppm-fpn_x3_640"),
 ]
-
-
-def relative_error(out: torch.Tensor, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(out.detach().numpy() - ref) / np.linalg.norm(ref))
 
 
 @pytest.mark.parametrize("case,config", CASES)
