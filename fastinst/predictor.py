@@ -396,6 +396,17 @@ class FastInstPredictor:
             results.extend(instances_to_coco_results(instances, image_id, contiguous_to_dataset))
         return results
 
+    def explain(self, image: ImageInput, format: str = "BGR"):
+        """Predict one image and return what the query proposal saw: a `fastinst.explain.Explanation`.
+
+        It holds the proposal head's class-probability map (stride 16 of the padded input, and mapped back to the
+        image), the Q selected query locations, the instances (as `__call__` returns them) and the query each
+        came from. PyTorch models only (ValueError for ONNX). Draw it with `fastinst.explain.draw_explanation`.
+        """
+        from fastinst.explain import explain_image
+
+        return explain_image(self, image, format)
+
     def class_name(self, label: int) -> str:
         """The name of a contiguous class id."""
         classes = self.metadata.thing_classes
