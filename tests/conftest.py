@@ -11,7 +11,7 @@ from detectron2.config import get_cfg
 import fastinst
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "tests" / "reference"  # the official implementation's outputs (README.md there)
 CONFIG_DIR = REPO / "configs" / "coco" / "instance-segmentation"
 OFFICIAL_CONFIGS = [
     "fastinst_R50_ppm-fpn_x1_576",

@@ -18,7 +18,7 @@ the "640" ones. The image is passed without "height"/"width", so masks are post-
   runs through ``bmm`` (counted by fvcore) and, for the masked cross-attention logits, ``baddbmm``, which fvcore
   has no rule for; this tool counts it. The official model ran attention the same way, and its figures leave
   the baddbmm out, so the "official-comparable" total does too. torchvision's ``deform_conv2d`` (R50-vd-DCN) has no rule
-  either and is not counted, as in the official figures (../shared/reference/costs.json).
+  either and is not counted, as in the official figures (tests/reference/costs.json).
 - activation: detectron2 ``activation_count_operators``, averaged over the ``-n`` inputs (SPEC §10 F16: the
   official tool divided by n - 1).
 - speed: median wall time of ``model(inputs)`` (see tools/benchmark.py for the full comparison).
@@ -61,7 +61,7 @@ from fastinst.inference import default_input_size, synthetic_inputs  # noqa: E40
 
 TASKS = ("flop", "activation", "parameter", "speed", "structure")
 
-# Parameter totals of the official implementation (../shared/reference/README.md), by config file stem.
+# Parameter totals of the official implementation (tests/reference/README.md), by config file stem.
 OFFICIAL_PARAMETERS = {
     "fastinst_R50_ppm-fpn_x1_576": 29_658_035,
     "fastinst_R50_ppm-fpn_x3_640": 34_176_597,

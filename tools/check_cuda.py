@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The checks that need an NVIDIA GPU, in one run (CI has no GPU; run this on a machine with one).
 
-1. Golden parity on CUDA: the official implementation's outputs (../shared/reference/golden) from our model on the
+1. Golden parity on CUDA: the official implementation's outputs (tests/reference/golden) from our model on the
    GPU in float32, with the tolerances of tests/modeling/test_golden.py.
 2. fp16 / bf16 inference on CUDA: the same golden inputs under autocast (the predictor's `precision`), compared
    with float32 on the GPU: score differences and mask IoU of the final instances, classes that agree.
@@ -214,7 +214,7 @@ def main() -> int:
     golden = REFERENCE / "golden"
     if not golden.is_dir():
         print(
-            f"error: {golden} not found: the golden references live in ../shared/reference.",
+            f"error: {golden} not found: the golden references are part of the repository; restore them with git.",
             file=sys.stderr,
         )
         return 2

@@ -1,4 +1,4 @@
-"""Numerical parity with the official implementation (../shared/reference/golden, tolerances from its README)."""
+"""Numerical parity with the official implementation (tests/reference/golden, tolerances from its README)."""
 
 import numpy as np
 import pytest

@@ -22,7 +22,7 @@ from fastinst.modeling.backbone.resnet_vd import (
     get_norm_layer,
 )
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "state_dict"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "state_dict"
 VD_CONFIGS = ["fastinst_R50-vd-dcn_ppm-fpn_x1_576", "fastinst_R50-vd-dcn_ppm-fpn_x3_640"]
 R50_VD_BACKBONE_PARAMS = 23_971_842  # SPEC §2.9
 
