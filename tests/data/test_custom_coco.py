@@ -78,7 +78,7 @@ def broken(mutate):
 CASES = {
     "missing_top_level": (lambda d: d.pop("categories"), "categories"),
     "missing_segmentation": (lambda d: d["annotations"][1].pop("segmentation"), "segmentation"),
-    "missing_image_field": (lambda d: d["images"][0].pop("height"), "height"),
+    "missing_image_field": (lambda d: d["images"][0].pop("file_name"), "file_name"),
     "unknown_category": (
         lambda d: d["annotations"][0].update(category_id=99),
         "category ids that are not in 'categories': 99",
@@ -88,10 +88,10 @@ CASES = {
         "image ids with no entry in 'images': 42",
     ),
     "no_usable_images": (lambda d: d.update(annotations=[]), "no usable images"),
-    "duplicate_ids": (lambda d: d["annotations"][1].update(id=1), "duplicate annotations ids"),
-    "bad_polygon": (
-        lambda d: d["annotations"][2].update(segmentation=[[1, 2, 3, 4]]),
-        "annotation id 3",
+    "duplicate_ids": (lambda d: d["images"][1].update(id=1), "duplicate images ids: 1"),
+    "bad_segmentation_type": (
+        lambda d: d["annotations"][2].update(segmentation="abc"),
+        "segmentation is neither polygons (list) nor RLE (dict): 3 (1 in total)",
     ),
     "rle_size_mismatch": (
         lambda d: d["annotations"][0].update(segmentation={"counts": "abc", "size": [5, 5]}),

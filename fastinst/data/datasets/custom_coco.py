@@ -4,20 +4,28 @@
     meta = register_coco_json_dataset("my_train", "data/ann/train.json", "data/images/train")
     # then: DATASETS.TRAIN ("my_train",)  MODEL.SEM_SEG_HEAD.NUM_CLASSES meta["num_classes"]
 
-Every problem that would otherwise surface as a KeyError deep in the data loader, or in the COCO evaluator after
-hours of training, raises `DatasetError` (a ValueError) naming the file, the problem and what to do.
+The json and every image header go through one validation pass (`coco_validation.check_coco_json`): problems
+whose fix is unambiguous are repaired with one warning per kind, the others raise `DatasetError` (a ValueError)
+with one line naming the file, the ids and the problem. How repaired data reaches training and evaluation: the
+repaired json is written once to a cache file (content-addressed, `$FASTINST_CACHE/coco`, default
+`~/.cache/fastinst/coco`) and that file is registered, so detectron2's loader and the COCO evaluator (which reads
+`json_file` from the metadata) both see the same repaired annotations; `source_json_file` keeps the user's path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-from collections import Counter
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
+
+from .coco_validation import DatasetError, check_coco_json, listing
 
 __all__ = [
     "DatasetError",
@@ -28,200 +36,78 @@ __all__ = [
     "validate_coco_json",
 ]
 
-_IMAGE_KEYS = ("id", "file_name", "height", "width")
-# segmentation: the model; area, iscrowd, bbox: pycocotools' COCOeval; id: detectron2's loader.
-_ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd")
-_SHOW = 5  # how many offending entries a message lists
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or malformed; the message names the file and says what to do."""
-
-
-def _fail(json_file: str, problem: str, fix: str) -> DatasetError:
-    return DatasetError(f"Invalid COCO dataset '{json_file}': {problem}. {fix}")
-
-
-def _listing(items: Iterable[Any], count: int) -> str:
-    shown = ", ".join(repr(x) for x in list(items)[:_SHOW])
-    return f"{shown}{', ...' if count > _SHOW else ''} ({count} in total)"
-
-
-def _load_json(json_file: str) -> dict[str, Any]:
-    if not os.path.isfile(json_file):
-        raise DatasetError(
-            f"COCO annotation file '{json_file}' does not exist (relative paths are resolved from "
-            f"'{os.getcwd()}'). Check the json_file path."
-        )
-    try:
-        with open(json_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise _fail(
-            json_file,
-            f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})",
-            "Fix or regenerate the file.",
-        ) from e
-    except UnicodeDecodeError as e:
-        raise _fail(json_file, "not UTF-8 text", "Is it really a json file?") from e
-    if not isinstance(data, dict):
-        raise _fail(
-            json_file,
-            f"the top level is a {type(data).__name__}, not an object",
-            "A COCO file is an object with 'images', 'annotations' and 'categories' lists.",
-        )
-    missing = [
-        k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)
-    ]
-    if missing:
-        raise _fail(
-            json_file,
-            f"missing or non-list top-level field(s) {missing}",
-            "A COCO instances file needs 'images', 'annotations' and 'categories' lists.",
-        )
-    return data
-
-
-def _check_entries(json_file: str, entries: list[Any], kind: str, keys: Iterable[str]) -> None:
-    keys = tuple(keys)
-    bad = [
-        (i, e)
-        for i, e in enumerate(entries)
-        if not isinstance(e, dict) or any(k not in e for k in keys)
-    ]
-    if bad:
-        i, e = bad[0]
-        lacking = [k for k in keys if k not in e] if isinstance(e, dict) else list(keys)
-        raise _fail(
-            json_file,
-            f"{len(bad)} of {len(entries)} {kind} lack required fields; the first, {kind}[{i}], "
-            f"lacks {lacking}",
-            f"Every entry of '{kind}' needs {list(keys)}"
-            + (
-                " (area and bbox can be computed from the mask with pycocotools.mask.area/toBbox; "
-                "iscrowd is 0 for ordinary instances)."
-                if kind == "annotations"
-                else "."
-            ),
-        )
-    counts = Counter(e["id"] for e in entries)
-    if len(counts) != len(entries):
-        dup = sorted((i for i, n in counts.items() if n > 1), key=str)
-        raise _fail(
-            json_file, f"duplicate {kind} ids {_listing(dup, len(dup))}", "Ids must be unique."
-        )
-
-
-def _check_segmentations(json_file: str, annotations: list[dict], images: dict[Any, dict]) -> None:
-    def problem(a: dict) -> str | None:
-        s = a["segmentation"]
-        if isinstance(s, list):
-            if not s or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in s):
-                return "polygons must be a non-empty list of [x0, y0, x1, y1, ...] with >= 3 points"
-            return None
-        if isinstance(s, dict):
-            if "counts" not in s or "size" not in s:
-                return "an RLE needs 'counts' and 'size'"
-            img = images.get(a["image_id"])
-            if img is not None and list(s["size"]) != [img["height"], img["width"]]:
-                return f"RLE size {s['size']} differs from the image's [height, width]"
-            return None
-        return f"segmentation is a {type(s).__name__}, expected polygons (list) or RLE (dict)"
-
-    for a in annotations:
-        msg = problem(a)
-        if msg is not None:
-            raise _fail(json_file, f"annotation id {a['id']}: {msg}", "Fix its 'segmentation'.")
+logger = logging.getLogger(__name__)
 
 
 def validate_coco_json(
     json_file: str | os.PathLike, image_root: str | os.PathLike, *, check_files: bool = True
 ) -> dict[str, Any]:
-    """Check a COCO instance-segmentation json (and its images) and summarise it.
+    """Check a COCO instance-segmentation json (and its images' headers) and summarise it; writes nothing.
 
     Args:
         json_file: path to the COCO json.
         image_root: folder that the images' `file_name`s are relative to.
-        check_files: also check that every image file exists.
+        check_files: also read every image file's header (exists, decodable, size after EXIF orientation).
 
     Returns:
         dict with `thing_classes` (names sorted by category id), `num_classes`,
         `thing_dataset_id_to_contiguous_id`, `num_images`, `num_usable_images` (images with at least one
-        non-crowd annotation) and `num_annotations`.
+        non-crowd annotation), `num_annotations`, `num_crowd_annotations` (after repairs) and `warnings` (one
+        line per repaired or warned kind; datasets/README.md has the table).
 
     Raises:
-        DatasetError: when the file is missing, not JSON, lacks required fields, has duplicate ids, refers to
-            unknown categories or images, has no usable image, or (check_files) images are missing.
+        DatasetError: one line naming the file and, for each problem kind that cannot be repaired, the count
+            and the first ids (missing or unparseable file, missing fields, bad or duplicate ids, unknown
+            categories or images, malformed segmentations, missing or unreadable images, sizes that differ
+            from the files, no usable image).
     """
-    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    data = _load_json(json_file)
-    cats, images, annos = data["categories"], data["images"], data["annotations"]
+    return check_coco_json(json_file, image_root, check_files=check_files).summary
 
-    if not cats:
-        raise _fail(json_file, "'categories' is empty", "List every category as {'id', 'name'}.")
-    _check_entries(json_file, cats, "categories", ("id", "name"))
-    _check_entries(json_file, images, "images", _IMAGE_KEYS)
-    _check_entries(json_file, annos, "annotations", _ANNOTATION_KEYS)
 
-    cat_ids = {c["id"] for c in cats}
-    unknown = [a for a in annos if a["category_id"] not in cat_ids]
-    if unknown:
-        bad_ids = sorted({a["category_id"] for a in unknown}, key=str)
-        raise _fail(
-            json_file,
-            f"{len(unknown)} annotations use category ids that are not in 'categories': "
-            f"{_listing(bad_ids, len(bad_ids))}; known ids are {sorted(cat_ids, key=str)}",
-            "Add those categories or fix the annotations' category_id.",
-        )
-    image_by_id = {img["id"]: img for img in images}
-    orphans = [a for a in annos if a["image_id"] not in image_by_id]
-    if orphans:
-        bad_ids = sorted({a["image_id"] for a in orphans}, key=str)
-        raise _fail(
-            json_file,
-            f"{len(orphans)} annotations refer to image ids with no entry in 'images': "
-            f"{_listing(bad_ids, len(bad_ids))}",
-            "Add the images or remove those annotations.",
-        )
-    _check_segmentations(json_file, annos, image_by_id)
+def _cache_dir() -> str:
+    root = os.environ.get("FASTINST_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fastinst"
+    )
+    return os.path.join(root, "coco")
 
-    usable = {a["image_id"] for a in annos if not a.get("iscrowd", 0)}
-    if not usable:
-        raise _fail(
-            json_file,
-            f"no usable images: none of its {len(images)} images has a (non-crowd) annotation",
-            "Training needs annotated images; check that annotations were exported.",
-        )
 
-    if check_files:
-        if not os.path.isdir(image_root):
-            raise _fail(
-                json_file,
-                f"image folder '{image_root}' does not exist",
-                "Pass the folder that the images' file_name entries are relative to as image_root.",
-            )
-        missing = [
-            img["file_name"]
-            for img in images
-            if not os.path.isfile(os.path.join(image_root, img["file_name"]))
-        ]
-        if missing:
-            raise _fail(
-                json_file,
-                f"{len(missing)} of {len(images)} image files are missing under '{image_root}': "
-                f"{_listing(missing, len(missing))}",
-                "Check image_root and the images' file_name entries.",
-            )
+def _write_repaired(data: dict[str, Any], json_file: str, cache_dir: str | None) -> str:
+    """Write the repaired json once, named by its content; returns its path."""
+    data.setdefault("info", {"description": f"repaired copy of {os.path.abspath(json_file)}"})
+    data.setdefault("licenses", [])
+    text = json.dumps(data, separators=(",", ":"))
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(json_file))[0]
+    for folder in (cache_dir or _cache_dir(), os.path.join(tempfile.gettempdir(), "fastinst-coco")):
+        path = os.path.join(folder, f"{stem}.repaired.{digest}.json")
+        if os.path.isfile(path):
+            return path
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)  # atomic: several processes may register at once
+            return path
+        except OSError as e:
+            error = e
+    raise DatasetError(
+        f"Cannot write the repaired copy of '{json_file}': {error}. Set $FASTINST_CACHE."
+    )
 
-    sorted_cats = sorted(cats, key=lambda c: c["id"])
-    return {
-        "thing_classes": [c["name"] for c in sorted_cats],
-        "num_classes": len(sorted_cats),
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(sorted_cats)},
-        "num_images": len(images),
-        "num_usable_images": len(usable),
-        "num_annotations": len(annos),
-    }
+
+def _loader(json_file: str, image_root: str, name: str, stored: frozenset[str]):
+    def load() -> list[dict]:
+        dicts = load_coco_json(json_file, image_root, name)
+        if stored:
+            for d in dicts:
+                if os.path.relpath(d["file_name"], image_root) in stored:
+                    d["exif_transpose"] = (
+                        False  # the json describes the stored pixels (see check_coco_json)
+                    )
+        return dicts
+
+    return load
 
 
 def register_coco_json_dataset(
@@ -230,28 +116,44 @@ def register_coco_json_dataset(
     image_root: str | os.PathLike,
     *,
     check_files: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Validate a COCO json (see `validate_coco_json`) and register it with detectron2 as `name`.
+    """Validate a COCO json (see `validate_coco_json`), log its warnings and register it with detectron2.
 
-    Registration uses detectron2's `register_coco_instances` (evaluator_type "coco"; category ids are mapped to
-    contiguous ids in sorted id order). `thing_classes` and the id mapping are put into the metadata right away,
-    so `check_num_classes` works before the data is loaded. Re-registering a name replaces it.
+    Registration is what detectron2's `register_coco_instances` does (evaluator_type "coco"; category ids mapped
+    to contiguous ids in sorted id order), with `thing_classes` and the id mapping put into the metadata right
+    away, so `check_num_classes` works before the data is loaded. When the validation repaired something, the
+    repaired json is written to `cache_dir` (default `$FASTINST_CACHE/coco` or `~/.cache/fastinst/coco`) and
+    registered as `json_file` (loader and COCO evaluator read it); `source_json_file` is the given path.
+    Re-registering a name replaces it.
 
     Returns:
-        The summary of `validate_coco_json` (`thing_classes`, `num_classes`, ...).
+        The summary of `validate_coco_json` (`thing_classes`, `num_classes`, `warnings`, ...).
+
+    Raises:
+        DatasetError: see `validate_coco_json`.
     """
-    summary = validate_coco_json(json_file, image_root, check_files=check_files)
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    check = check_coco_json(json_file, image_root, check_files=check_files)
+    for line in check.warnings:
+        logger.warning(line)
+    registered_json = json_file
+    if check.changed:
+        registered_json = _write_repaired(check.data, json_file, cache_dir and os.fspath(cache_dir))
+        logger.info("%s: registered the repaired copy %s as %r", json_file, registered_json, name)
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    register_coco_instances(
-        name,
-        {
-            "thing_classes": summary["thing_classes"],
-            "thing_dataset_id_to_contiguous_id": summary["thing_dataset_id_to_contiguous_id"],
-        },
-        os.fspath(json_file),
-        os.fspath(image_root),
+    stored = frozenset(os.path.normpath(f) for f in check.stored_orientation_files)
+    DatasetCatalog.register(name, _loader(registered_json, image_root, name, stored))
+    summary = check.summary
+    MetadataCatalog.get(name).set(
+        json_file=registered_json,
+        source_json_file=json_file,
+        image_root=image_root,
+        evaluator_type="coco",
+        thing_classes=summary["thing_classes"],
+        thing_dataset_id_to_contiguous_id=summary["thing_dataset_id_to_contiguous_id"],
     )
     return summary
 
@@ -311,6 +213,6 @@ def check_image_files(dataset_dicts: list[dict], dataset_names: Iterable[str]) -
     if missing:
         raise DatasetError(
             f"Dataset {', '.join(repr(n) for n in dataset_names)}: {len(missing)} of {len(dataset_dicts)} image "
-            f"files do not exist: {_listing(missing, len(missing))}. Restore them, or remove their entries from "
+            f"files do not exist: {listing([repr(m) for m in missing])}. Restore them, or remove their entries from "
             "the annotation json."
         )
