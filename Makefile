@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml Makefile
+$(STAMP): requirements.txt requirements-web.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24" -q
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements-web.txt  # the web demo (Gradio) and its browser tests
 	# detectron2: pure-Python code of the sal-detectron2 wheel (cp310 wheel, works on 3.11; its _C is never used)
 	$(PY) -m pip install --no-deps --only-binary=:all: --python-version 3.10 --upgrade \
 		--target $(D2_DIR) sal-detectron2==0.7.2
