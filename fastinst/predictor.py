@@ -25,13 +25,14 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from fastinst.checkpoint import load_checkpoint
 from fastinst.config import add_fastinst_config
+from fastinst.data.image_io import UnreadableImageError as ImageReadError
+from fastinst.data.image_io import array_from_pil, read_image
 from fastinst.inference import check_precision, inference_context, prepare_for_inference
 
 __all__ = [
@@ -154,7 +155,8 @@ def dataset_metadata(cfg: CfgNode) -> Metadata:
 def to_rgb(image: ImageInput, format: str = "BGR") -> np.ndarray:
     """Any supported image -> an (H, W, 3) uint8 RGB array (contiguous).
 
-    - str / PathLike: read with detectron2's `read_image` (PIL, EXIF orientation applied); `format` is ignored.
+    - str / PathLike: read with `fastinst.data.image_io.read_image`, as in training and evaluation (EXIF
+      orientation applied, every Pillow mode; see that module); `format` is ignored.
     - numpy (H, W, 3) uint8: channel order `format` ("BGR", as OpenCV reads, or "RGB"); (H, W, 4) is BGRA/RGBA
       and the alpha channel is dropped (no compositing); (H, W) or (H, W, 1) is grayscale.
     - PIL image of any mode: EXIF orientation applied, converted to RGB (alpha dropped).
@@ -162,7 +164,7 @@ def to_rgb(image: ImageInput, format: str = "BGR") -> np.ndarray:
     if isinstance(image, str | os.PathLike):
         return _read_rgb(image)
     if isinstance(image, Image.Image):
-        return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
+        return array_from_pil(ImageOps.exif_transpose(image), "RGB", name="the PIL image")
     if not isinstance(image, np.ndarray):
         raise TypeError(
             f"Unsupported image type {type(image).__name__}: pass a file path, a numpy array or a PIL image."
@@ -188,16 +190,9 @@ def _read_rgb(path: str | os.PathLike) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: {path}")
     try:
-        image = read_image(path, format="RGB")
-    except Exception as e:
-        if os.path.getsize(path) == 0:
-            reason = "empty file"
-        elif isinstance(e, UnidentifiedImageError):
-            reason = "not an image, or a format PIL cannot read"
-        else:
-            reason = f"{type(e).__name__}: {e}"
-        raise UnreadableImageError(f"Cannot read image {path} ({reason}).") from e
-    return np.ascontiguousarray(image)
+        return read_image(path, "RGB")  # the reader of training and evaluation
+    except ImageReadError as e:
+        raise UnreadableImageError(str(e)) from e
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ FastInst predicts instances only, so only the instance evaluators of the officia
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 
@@ -32,13 +33,15 @@ def build_instance_evaluator(
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type in ("coco", "coco_panoptic_seg"):
         # The pure-Python detectron2 has no C++ COCOeval, so use pycocotools' (the "official" one).
-        return COCOEvaluator(
+        evaluator = COCOEvaluator(
             dataset_name,
             tasks=("bbox", "segm"),
             output_dir=output_folder,
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             use_fast_impl=False,
         )
+        make_coco_gt_evaluable(evaluator._coco_api, dataset_name)
+        return evaluator
     if evaluator_type == "lvis":
         return LVISEvaluator(dataset_name, tasks=("bbox", "segm"), output_dir=output_folder)
     if evaluator_type == "cityscapes_instance":
@@ -46,6 +49,35 @@ def build_instance_evaluator(
     raise NotImplementedError(
         f"No FastInst evaluator for dataset {dataset_name!r} (evaluator_type {evaluator_type!r}); "
         f"supported evaluator types: {', '.join(INSTANCE_EVALUATOR_TYPES)}."
+    )
+
+
+def make_coco_gt_evaluable(coco_gt, dataset_name: str) -> None:
+    """Make a pycocotools `COCO` ground truth safe for COCOeval, whatever json it was read from.
+
+    - `info` and `licenses` are added when absent: pycocotools 2.0.9 / 2.0.10 `loadRes` copies
+      `dataset["info"]` and raises KeyError without it (2.0.11 uses `.get`).
+    - Annotation ids that are not unique integers >= 1 are renumbered 1..N (with a warning): COCOeval records a
+      match by the ground truth's id, so an id of 0 reads as "no match" and lowers AP (50.5 / 25.3 / 0 instead of
+      100 for perfect predictions). `register_coco_json_dataset` already repairs its jsons; this covers datasets
+      registered otherwise (detectron2's builtins, `register_coco_instances`).
+    """
+    dataset = coco_gt.dataset
+    dataset.setdefault("info", {})
+    dataset.setdefault("licenses", [])
+    annotations = dataset.get("annotations", [])
+    ids = [a.get("id") for a in annotations]
+    valid = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and i >= 1]
+    if len(valid) == len(ids) and len(set(valid)) == len(ids):
+        return
+    for n, a in enumerate(annotations):
+        a["id"] = n + 1
+    coco_gt.createIndex()
+    logging.getLogger(__name__).warning(
+        "%s: annotation ids renumbered 1..%d for COCO evaluation (pycocotools needs unique ids >= 1; "
+        "id 0 reads as no match)",
+        dataset_name,
+        len(annotations),
     )
 
 

@@ -6,6 +6,7 @@ Everything else (hooks, checkpointing, iteration logs with ETA, LR schedule) is 
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 
 import torch
@@ -23,6 +24,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from fastinst.data.build import build_train_mapper
+from fastinst.data.dataset_mappers import (
+    InstanceTestDatasetMapper,
+    SkipUnreadableImages,
+    skipped_images_summary,
+)
 from fastinst.data.datasets import check_image_files
 from fastinst.engine.amp import build_step_trainer
 from fastinst.engine.evaluation import ProgressLoader, build_instance_evaluator
@@ -75,16 +81,38 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         """detectron2's loader, after checking that every training image exists (one clear error, not a
-        traceback from a loader worker in the middle of training)."""
+        traceback from a loader worker in the middle of training). An image that fails to decode during training
+        is skipped with a warning (`SkipUnreadableImages`); `train` ends with a summary of the skips."""
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
         check_image_files(dataset, cfg.DATASETS.TRAIN)
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg), dataset=dataset)
+        record = cls.skipped_images_file(cfg)
+        if comm.is_main_process() and os.path.isfile(record):
+            os.remove(record)  # a record of this run only
+        mapper = SkipUnreadableImages(build_train_mapper(cfg), record)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+
+    @staticmethod
+    def skipped_images_file(cfg: CfgNode) -> str:
+        """OUTPUT_DIR/skipped_images.txt: one "file_name<TAB>reason" line per image skipped in training."""
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        return os.path.join(cfg.OUTPUT_DIR, "skipped_images.txt")
+
+    def train(self):
+        """detectron2's training loop, then one log line if training images had to be skipped."""
+        try:
+            return super().train()
+        finally:
+            summary = skipped_images_summary(self.skipped_images_file(self.cfg))
+            if summary is not None and comm.is_main_process():
+                logging.getLogger("fastinst").warning(summary)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        loader = build_detection_test_loader(cfg, dataset_name)
+        """detectron2's test loader with `InstanceTestDatasetMapper` (the project's image reader)."""
+        mapper = InstanceTestDatasetMapper(cfg, is_train=False)
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=mapper)
         return ProgressLoader(loader, desc=f"eval {dataset_name}")
 
     @classmethod

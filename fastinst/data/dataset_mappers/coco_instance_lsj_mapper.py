@@ -20,6 +20,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..image_io import read_image
 from .utils import annotations_to_masks, instances_from_masks
 
 __all__ = ["COCOInstanceNewBaselineDatasetMapper"]
@@ -72,7 +73,11 @@ class COCOInstanceNewBaselineDatasetMapper:
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         """Map one detectron2 dataset dict (see the module docstring for the output)."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(
+            dataset_dict["file_name"],
+            self.image_format,
+            exif_transpose=dataset_dict.get("exif_transpose", True),
+        )
         utils.check_image_size(dataset_dict, image)
 
         valid = np.ones(image.shape[:2], dtype=np.uint8)
