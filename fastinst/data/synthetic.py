@@ -20,6 +20,10 @@ CLI::
 
     python -m fastinst.data.synthetic [--root DIR] [--num-train 300 --num-val 50 --seed 0]
         [--size S | --min-size 160 --max-size 224] [--force]
+        [--preset photos] [--instances 10 20] [--object-size 0.05 0.12] [--thin-frac 0.35] [--one-class]
+
+`--preset photos` draws a set that looks like users' photo datasets rather than the quickstart's: 480-544 px
+images with 10-20 objects of 5-12% of the image side, a third of them with a long thin part, one category.
 
 The default root is `$DETECTRON2_DATASETS/synthetic` (`datasets/synthetic`), where `synthetic_{train,val}` look.
 """
@@ -58,12 +62,31 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "image_size": (160, 224),
     "seed": 0,
 }
+# What each image holds (`ShapeOptions`); the defaults draw the quickstart data.
+DEFAULT_SHAPES: dict[str, Any] = {
+    "num_instances": (2, 6),  # shapes drawn per image (some may not fit)
+    "object_size": (0.15, 0.6),  # shape extent relative to the image's short side
+    "thin_frac": 0.0,  # fraction of shapes that get a long thin part (a 'handle')
+    "one_class": False,  # one category "object" instead of the six shape names
+}
+# Named option sets for the CLI's --preset. "photos" looks like the small-object photo sets users train on:
+# 512 px images with 10-20 objects of 5-12% of the image side (25-60 px) and thin parts on a third of them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quickstart": {"image_size": (160, 224), **DEFAULT_SHAPES},
+    "photos": {
+        "image_size": (480, 544),
+        "num_instances": (10, 20),
+        "object_size": (0.05, 0.12),
+        "thin_frac": 0.35,
+        "one_class": True,
+    },
+}
 MANIFEST = "manifest.json"
 _SPLIT_CODE = {"train": 0, "val": 1}
 
 # Shape parameters.
-_MIN_SIDE_FRAC, _MAX_SIDE_FRAC = 0.15, 0.6  # object extent relative to the image's short side
-_MIN_INSTANCES, _MAX_INSTANCES = 2, 6
+_THIN_LENGTH = (1.5, 3.0)  # a thin part's length, in shape radii from the centre
+_THIN_WIDTH = 0.12  # its width, as a fraction of the shape radius (at least 2 px)
 _MIN_VISIBLE_FRAC = 0.5  # every instance keeps at least this fraction of its own area visible
 _MIN_VISIBLE_PIXELS = 48
 _PLACEMENT_TRIES = 25
@@ -199,14 +222,42 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, rng: np.random
 # --------------------------------------------------------------------------------------------------
 # one image
 # --------------------------------------------------------------------------------------------------
+def _thin_part(
+    cx: float, cy: float, radius: float, rng: np.random.Generator, hw: tuple[int, int]
+) -> np.ndarray:
+    """A straight thin bar from the shape's centre outwards (bool (H, W)): a handle, stem or leg.
+
+    Its length is 1.5-3 radii and its width 12% of the radius (>= 2 px), so the part is narrower than one
+    stride-8 cell until the image is shown to the network at several times its size / radius.
+    """
+    angle = rng.uniform(0, 2 * np.pi)
+    length = radius * rng.uniform(*_THIN_LENGTH)
+    end = (cx + length * np.cos(angle), cy + length * np.sin(angle))
+    width = max(2, int(round(_THIN_WIDTH * radius)))
+    mask = np.zeros(hw, np.uint8)
+    p0 = (int(round(cx * 16)), int(round(cy * 16)))  # 4 fractional bits (shift=4)
+    p1 = (int(round(end[0] * 16)), int(round(end[1] * 16)))
+    cv2.line(mask, p0, p1, 1, width, cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
 def render_image(
-    rng: np.random.Generator, image_size: tuple[int, int]
+    rng: np.random.Generator,
+    image_size: tuple[int, int],
+    num_instances: tuple[int, int] = DEFAULT_SHAPES["num_instances"],
+    object_size: tuple[float, float] = DEFAULT_SHAPES["object_size"],
+    thin_frac: float = DEFAULT_SHAPES["thin_frac"],
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draw one image.
 
     Args:
         rng: the image's random generator.
         image_size: (lo, hi) range of each side in pixels (lo == hi for a fixed square size).
+        num_instances: (lo, hi) number of shapes to draw (inclusive); a shape that finds no place where it and
+            the earlier shapes keep half their area visible is skipped.
+        object_size: (lo, hi) extent of a shape (circumscribed diameter) as a fraction of the short side.
+        thin_frac: probability that a shape gets a thin bar attached (`_thin_part`), which becomes part of
+            its mask. 0 draws no extra random numbers, so the default images stay the same.
 
     Returns:
         image: uint8 (H, W, 3) RGB.
@@ -221,14 +272,17 @@ def render_image(
     full: list[np.ndarray] = []
     visible: list[np.ndarray] = []
     classes: list[int] = []
-    for _ in range(int(rng.integers(_MIN_INSTANCES, _MAX_INSTANCES + 1))):
+    for _ in range(int(rng.integers(num_instances[0], num_instances[1] + 1))):
         cls = int(rng.integers(len(SYNTHETIC_CLASSES)))
-        frac = rng.uniform(_MIN_SIDE_FRAC, _MAX_SIDE_FRAC)
+        frac = rng.uniform(*object_size)
+        thin = thin_frac > 0 and rng.random() < thin_frac
         for attempt in range(_PLACEMENT_TRIES):
             radius = 0.5 * frac * side * (0.9 ** (attempt // 5))  # shrink when it does not fit
             m = 0.6 * radius  # the centre keeps most of the shape inside the image
             cx, cy = rng.uniform(m, w - m), rng.uniform(m, h - m)
             mask = _shape_mask(cls, cx, cy, radius, rng, (h, w))
+            if thin:
+                mask |= _thin_part(cx, cy, radius, rng, (h, w))
             if mask.sum() < _MIN_VISIBLE_PIXELS:
                 continue
             new_vis = [v & ~mask for v in visible]
@@ -271,14 +325,50 @@ def _normalise_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return lo, hi
 
 
-def _params(num_train: int, num_val: int, image_size: tuple[int, int], seed: int) -> dict[str, Any]:
+def _normalise_shapes(shapes: dict[str, Any] | None) -> dict[str, Any]:
+    """`DEFAULT_SHAPES` updated with `shapes`, checked; raises ValueError naming a bad or unknown option."""
+    shapes = dict(shapes or {})
+    unknown = sorted(set(shapes) - set(DEFAULT_SHAPES))
+    if unknown:
+        raise ValueError(f"unknown shape options {unknown}; known: {sorted(DEFAULT_SHAPES)}")
+    out = {**DEFAULT_SHAPES, **shapes}
+    lo, hi = (int(v) for v in out["num_instances"])
+    if not 1 <= lo <= hi:
+        raise ValueError(f"num_instances must be a (lo, hi) range with 1 <= lo <= hi, got {lo, hi}")
+    s_lo, s_hi = (float(v) for v in out["object_size"])
+    if not 0 < s_lo <= s_hi <= 1:
+        raise ValueError(
+            f"object_size must be a (lo, hi) range of fractions with 0 < lo <= hi <= 1, got {s_lo, s_hi}"
+        )
+    if not 0 <= float(out["thin_frac"]) <= 1:
+        raise ValueError(f"thin_frac must be in [0, 1], got {out['thin_frac']}")
     return {
+        "num_instances": (lo, hi),
+        "object_size": (s_lo, s_hi),
+        "thin_frac": float(out["thin_frac"]),
+        "one_class": bool(out["one_class"]),
+    }
+
+
+def _params(
+    num_train: int,
+    num_val: int,
+    image_size: tuple[int, int],
+    seed: int,
+    shapes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    params = {
         "generator_version": GENERATOR_VERSION,
         "num_train": int(num_train),
         "num_val": int(num_val),
         "image_size": list(image_size),
         "seed": int(seed),
     }
+    # Only options that differ from the defaults are recorded, so existing default datasets stay up to date.
+    for key, value in _normalise_shapes(shapes).items():
+        if value != DEFAULT_SHAPES[key]:
+            params[key] = list(value) if isinstance(value, tuple) else value
+    return params
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
@@ -295,12 +385,17 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
     return manifest
 
 
-def _write_split(root: str, split: str, num: int, image_size: tuple[int, int], seed: int) -> int:
+def _write_split(
+    root: str, split: str, num: int, image_size: tuple[int, int], seed: int, shapes: dict[str, Any]
+) -> int:
     os.makedirs(os.path.join(root, split))
     images, annotations = [], []
+    one_class = shapes["one_class"]
     for idx in range(num):
         rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODE[split], idx]))
-        img, instances = render_image(rng, image_size)
+        img, instances = render_image(
+            rng, image_size, shapes["num_instances"], shapes["object_size"], shapes["thin_frac"]
+        )
         image_id = idx + 1
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(root, split, file_name), img[:, :, ::-1])  # RGB -> BGR for cv2
@@ -313,7 +408,7 @@ def _write_split(root: str, split: str, num: int, image_size: tuple[int, int], s
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": cls + 1,
+                    "category_id": 1 if one_class else cls + 1,
                     "segmentation": rle,
                     "area": float(mask_util.area(rle)),
                     "bbox": [float(v) for v in mask_util.toBbox(rle)],
@@ -327,7 +422,9 @@ def _write_split(root: str, split: str, num: int, image_size: tuple[int, int], s
         },
         "images": images,
         "annotations": annotations,
-        "categories": [
+        "categories": [{"id": 1, "name": "object", "supercategory": "shape"}]
+        if one_class
+        else [
             {"id": i + 1, "name": n, "supercategory": "shape"}
             for i, n in enumerate(SYNTHETIC_CLASSES)
         ],
@@ -345,6 +442,7 @@ def generate_synthetic_dataset(
     image_size: int | Sequence[int] = DEFAULT_PARAMS["image_size"],
     seed: int = DEFAULT_PARAMS["seed"],
     force: bool = False,
+    **shapes: Any,
 ) -> dict[str, Any]:
     """Write the synthetic dataset under `root` (skipped when it exists with the same parameters).
 
@@ -355,12 +453,17 @@ def generate_synthetic_dataset(
         image_size: an int (square images of that side) or a (lo, hi) range for each side independently.
         seed: base seed; image i of a split uses the seed sequence (seed, split, i).
         force: regenerate even when the manifest matches.
+        **shapes: what each image holds (`DEFAULT_SHAPES` keys): `num_instances` (lo, hi) shapes per image,
+            `object_size` (lo, hi) shape extent as a fraction of the short side, `thin_frac` share of shapes
+            with a thin part, `one_class` (one category "object"). `PRESETS["photos"]` gives a set like
+            users' small-object photos. Raises ValueError for an unknown or out-of-range option.
 
     Returns:
         The manifest: the parameters plus `num_annotations` per split and `generated` (False when skipped).
     """
     root = os.fspath(root)
-    params = _params(num_train, num_val, _normalise_size(image_size), seed)
+    shape_options = _normalise_shapes(shapes)
+    params = _params(num_train, num_val, _normalise_size(image_size), seed, shape_options)
     manifest = read_manifest(root)
     if not force and manifest is not None and manifest.get("params") == params:
         return {**manifest, "generated": False}
@@ -371,7 +474,9 @@ def generate_synthetic_dataset(
     tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(root))}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     num_annotations = {
-        split: _write_split(tmp, split, params[f"num_{split}"], tuple(params["image_size"]), seed)
+        split: _write_split(
+            tmp, split, params[f"num_{split}"], tuple(params["image_size"]), seed, shape_options
+        )
         for split in ("train", "val")
     }
     manifest = {"params": params, "num_annotations": num_annotations}
@@ -411,17 +516,55 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--num-train", type=int, default=DEFAULT_PARAMS["num_train"])
     parser.add_argument("--num-val", type=int, default=DEFAULT_PARAMS["num_val"])
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quickstart",
+        help="image size and shape options to start from (the options below override them); 'photos': "
+        "480-544 px images with 10-20 small objects (5-12%% of the side), thin parts, one class",
+    )
     parser.add_argument("--size", type=int, default=None, help="fixed square image side")
-    parser.add_argument("--min-size", type=int, default=DEFAULT_PARAMS["image_size"][0])
-    parser.add_argument("--max-size", type=int, default=DEFAULT_PARAMS["image_size"][1])
+    parser.add_argument("--min-size", type=int, default=None, help="smallest image side")
+    parser.add_argument("--max-size", type=int, default=None, help="largest image side")
+    parser.add_argument("--instances", type=int, nargs=2, metavar=("LO", "HI"), default=None)
+    parser.add_argument(
+        "--object-size",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="shape extent as a fraction of the image's short side",
+    )
+    parser.add_argument(
+        "--thin-frac", type=float, default=None, help="share of shapes with a thin part"
+    )
+    parser.add_argument("--one-class", action="store_true", help="one category 'object'")
     parser.add_argument("--seed", type=int, default=DEFAULT_PARAMS["seed"])
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)
-    size = args.size if args.size is not None else (args.min_size, args.max_size)
-    start = time.perf_counter()
-    out = generate_synthetic_dataset(
-        args.root, args.num_train, args.num_val, size, args.seed, force=args.force
+    preset = PRESETS[args.preset]
+    lo, hi = preset["image_size"]
+    size = (
+        args.size
+        if args.size is not None
+        else (args.min_size if args.min_size is not None else lo, args.max_size or hi)
     )
+    shapes = {k: preset.get(k, v) for k, v in DEFAULT_SHAPES.items()}
+    for key, value in (
+        ("num_instances", args.instances),
+        ("object_size", args.object_size),
+        ("thin_frac", args.thin_frac),
+    ):
+        if value is not None:
+            shapes[key] = value
+    shapes["one_class"] = shapes["one_class"] or args.one_class
+    start = time.perf_counter()
+    try:
+        out = generate_synthetic_dataset(
+            args.root, args.num_train, args.num_val, size, args.seed, force=args.force, **shapes
+        )
+    except ValueError as e:
+        parser.error(str(e))
     verb = "generated" if out["generated"] else "up to date, nothing written"
     n = out["num_annotations"]
     print(

@@ -141,3 +141,49 @@ def test_default_root_follows_env(monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", "/some/where")
     assert reg.synthetic_root() == os.path.join("/some/where", "synthetic")
     assert reg.synthetic_root("x") == "x"
+
+
+def test_photo_like_options_draw_many_small_objects_with_thin_parts(tmp_path):
+    """The "photos" preset: 10-20 small objects per ~512 px image, some with long thin parts, one class."""
+    preset = dict(synthetic.PRESETS["photos"])
+    size = preset.pop("image_size")
+    out = generate_synthetic_dataset(
+        tmp_path / "p", num_train=3, num_val=1, image_size=size, seed=0, **preset
+    )
+    assert out["params"]["one_class"] is True and out["params"]["num_instances"] == [10, 20]
+    json_file = tmp_path / "p" / "annotations" / "instances_train.json"
+    summary = validate_coco_json(json_file, tmp_path / "p" / "train")
+    assert summary["thing_classes"] == ["object"]
+    coco = COCO(str(json_file))
+    per_image = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
+    assert all(8 <= n <= 20 for n in per_image), per_image  # a shape may find no place
+    elongation, sides = [], []
+    for img in coco.loadImgs(coco.getImgIds()):
+        assert 480 <= img["height"] <= 544 and 480 <= img["width"] <= 544
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img["id"])):
+            x, y, w, h = ann["bbox"]
+            elongation.append(max(w, h) / np.sqrt(ann["area"]))  # a disc: 1.13, a square: 1-1.4
+            sides.append(max(w, h) / min(img["height"], img["width"]))
+            assert ann["category_id"] == 1
+    # thin parts: a shape with a bar out of it reaches far beyond its area's side
+    assert sum(e > 2.0 for e in elongation) >= 3, sorted(elongation)[-5:]
+    assert np.median(sides) < 0.15  # small objects
+
+
+def test_shape_options_are_checked_and_recorded_only_when_not_default(tmp_path):
+    out = generate_synthetic_dataset(tmp_path / "d", num_train=1, num_val=1, image_size=64)
+    assert set(out["params"]) == {"generator_version", "num_train", "num_val", "image_size", "seed"}
+    with pytest.raises(ValueError, match="object_size"):
+        generate_synthetic_dataset(tmp_path / "b", image_size=64, object_size=(0.5, 0.2))
+    with pytest.raises(ValueError, match="unknown shape options"):
+        generate_synthetic_dataset(tmp_path / "b", image_size=64, num_objects=3)
+
+
+def test_cli_preset_and_overrides(tmp_path, capsys):
+    root = tmp_path / "cli"
+    argv = ["--root", str(root), "--num-train", "1", "--num-val", "1", "--preset", "photos"]
+    synthetic.main([*argv, "--size", "256", "--instances", "3", "4", "--thin-frac", "1"])
+    params = read_manifest(root)["params"]
+    assert params["image_size"] == [256, 256] and params["num_instances"] == [3, 4]
+    assert params["thin_frac"] == 1.0 and params["one_class"] is True
+    assert "generated" in capsys.readouterr().out
