@@ -9,6 +9,8 @@ Examples::
     python demo/demo.py --video-input clip.mp4 --output out/clip.mp4 --device cuda --precision fp16 \\
         --opts MODEL.WEIGHTS model.pth
     python demo/demo.py --webcam --opts MODEL.WEIGHTS model.pth        # needs an OpenCV build with a GUI
+    python demo/demo.py --input photo.jpg --output out/ --explain --opts MODEL.WEIGHTS model.pth
+        # also out/photo_explain.png: the activation map and the Q query locations (fastinst.explain)
 
 `--config-file` takes a YAML path or an official model name (default fastinst_R50_ppm-fpn_x1_576). The weights
 go in `--opts MODEL.WEIGHTS PATH` as in detectron2 (`MODEL.WEIGHTS ""` runs with random weights, for timing).
@@ -41,6 +43,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from fastinst.checkpoint import CheckpointMismatchError
+from fastinst.explain import draw_explanation
 from fastinst.predictor import FastInstPredictor, to_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -79,6 +82,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="images only: also write NAME_explain.png beside each drawing, the proposal head's class-"
+        "probability map (stride 16) with the Q query locations (fastinst.explain; PyTorch models)",
+    )
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -207,21 +216,39 @@ def draw_fast(bgr: np.ndarray, instances, class_names: list[str], alpha: float =
 
 
 def run_images(
-    predictor: FastInstPredictor, files: list[str], output: str | None
+    predictor: FastInstPredictor, files: list[str], output: str | None, explain: bool = False
 ) -> tuple[int, list]:
-    """Predict and draw every file; returns (number ok, [(file, reason) for each failure])."""
+    """Predict and draw every file; returns (number ok, [(file, reason) for each failure]).
+
+    With `explain`, each drawing gets a companion NAME_explain.png (shown beside it in the window).
+    """
+    if explain and not isinstance(predictor.model, torch.nn.Module):
+        raise DemoError("--explain needs the PyTorch model (a .pth checkpoint), not an ONNX graph.")
     ok, failed = 0, []
     for path in tqdm(files, desc="images", unit="img", disable=len(files) < 2):
         try:
             rgb = to_rgb(path)
             start = time.perf_counter()
-            instances = predictor(rgb, format="RGB")
+            if explain:  # the same instances, and what the query proposal saw
+                explanation = predictor.explain(rgb, format="RGB")
+                instances = explanation.instances
+            else:
+                instances = predictor(rgb, format="RGB")
             elapsed = time.perf_counter() - start
             drawing = draw_visualizer(rgb, instances, predictor.metadata)
+            if explain:
+                explained = draw_explanation(rgb, explanation)[:, :, ::-1]  # BGR
             if output is not None:
                 out_file = output_path(output, path, many=len(files) > 1)
                 if not cv2.imwrite(out_file, drawing):
                     raise OSError(f"could not write {out_file}")
+                if explain:
+                    out = Path(out_file)
+                    explain_file = str(out.with_name(f"{out.stem}_explain.png"))
+                    if not cv2.imwrite(explain_file, explained):
+                        raise OSError(f"could not write {explain_file}")
+            elif explain:
+                drawing = np.hstack([drawing, explained])
             tqdm.write(f"{path}: {len(instances)} instances in {elapsed:.3f} s")
         except (OSError, ValueError, cv2.error) as e:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
@@ -314,6 +341,8 @@ def build_predictor(args: argparse.Namespace) -> FastInstPredictor:
 
 def main_stream(args: argparse.Namespace) -> int:
     """--video-input or --webcam. Opens the source and the output before building the model."""
+    if args.explain:
+        raise DemoError("--explain works on images (--input), not on a video or the webcam.")
     capture, name = open_capture(args.video_input)
     writer = out_file = None
     try:
@@ -350,7 +379,7 @@ def main_images(args: argparse.Namespace) -> int:
             "warning: several inputs share a file name; their drawings overwrite each other",
             file=sys.stderr,
         )
-    ok, failed = run_images(build_predictor(args), files, args.output)
+    ok, failed = run_images(build_predictor(args), files, args.output, args.explain)
     failed += [(item, "not found") for item in unmatched]
     summary = f"{ok} ok, {len(failed)} failed"
     if failed:

@@ -22,6 +22,12 @@ def add_fastinst_config(cfg: CN) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    # ---- what the model's class indices mean (read by fastinst.predictor.dataset_metadata) ----
+    # Filled by train_net.py from the training dataset, so OUTPUT_DIR/config.yaml describes the model in any
+    # process: the class names in class-index order, and the dataset's category id of each class (COCO json
+    # ids, e.g. 5, 7, 9). Empty: take them from the registered dataset DATASETS.TEST[0] / TRAIN[0].
+    cfg.DATASETS.THING_CLASSES = []
+    cfg.DATASETS.THING_DATASET_IDS = []
 
     # ---- solver (read by the trainer's optimizer builder) ----
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

@@ -22,6 +22,7 @@ predictor's.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,8 @@ class Explanation:
             filtered by `score_threshold`).
         instance_queries: (k,) int64 in [0, Q): the query each instance came from (an index into the Q arrays).
         padded_size: (Hp, Wp); image_size: (h, w) of the resized image inside it; stride: (Hp/H16, Wp/W16).
+        seconds: wall time of the prediction: resizing, model and post-processing (what `FastInstPredictor.__call__`
+            does), without the query matching and the drawing.
     """
 
     probs: np.ndarray
@@ -71,6 +74,7 @@ class Explanation:
     padded_size: tuple[int, int]
     image_size: tuple[int, int]
     stride: tuple[float, float]
+    seconds: float
 
 
 def _find_decoder(model: nn.Module) -> nn.Module:
@@ -150,6 +154,7 @@ def explain_image(predictor: Any, image: Any, format: str = "BGR") -> Explanatio
             "the query proposal."
         )
     decoder = _find_decoder(model)
+    start = time.perf_counter()
     inputs = predictor.preprocess(image, format)
     captured: dict[str, torch.Tensor] = {}
 
@@ -160,6 +165,7 @@ def explain_image(predictor: Any, image: Any, format: str = "BGR") -> Explanatio
     handle = decoder.register_forward_hook(hook)
     try:
         all_instances = predictor._forward([inputs])[0]  # unfiltered, sorted by score
+        seconds = time.perf_counter() - start
     finally:
         handle.remove()
     if not captured:
@@ -210,6 +216,7 @@ def explain_image(predictor: Any, image: Any, format: str = "BGR") -> Explanatio
         padded_size=(hp, wp),
         image_size=image_size,
         stride=stride,
+        seconds=seconds,
     )
 
 

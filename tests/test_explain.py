@@ -3,21 +3,30 @@
 import numpy as np
 import pytest
 import torch
+from detectron2.modeling import build_model
 
 from fastinst.data.synthetic import render_image
 from fastinst.explain import draw_explanation
 from fastinst.modeling.decoder.query_proposal import local_maximum_score
 from fastinst.modeling.postprocessing import resize_mask_logits
-from fastinst.predictor import FastInstPredictor
+from fastinst.predictor import FastInstPredictor, build_predictor_cfg
 from tests.conftest import REPO
 
 TINY_YAML = REPO / "tests" / "fixtures" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def predictor():
+def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    return FastInstPredictor(TINY_YAML, score_threshold=0.0)
+    model = build_model(build_predictor_cfg(TINY_YAML))
+    path = tmp_path_factory.mktemp("explain") / "tiny.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return FastInstPredictor(TINY_YAML, weights=checkpoint, score_threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +142,26 @@ def test_onnx_model_is_refused(predictor):
             predictor.explain(np.zeros((64, 64, 3), np.uint8))
     finally:
         predictor.model = model
+
+
+def test_demo_explain_writes_the_picture(predictor, checkpoint, image, tmp_path):
+    """demo/demo.py --explain: NAME_explain.png beside the drawing, the same picture as draw_explanation."""
+    import runpy
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "shapes.png"), image[:, :, ::-1])
+    demo = runpy.run_path(str(REPO / "demo" / "demo.py"), run_name="demo")
+    argv = ["--config-file", str(TINY_YAML), "--device", "cpu", "--confidence-threshold", "0"]
+    argv += [
+        "--input",
+        str(tmp_path / "shapes.png"),
+        "--output",
+        str(tmp_path / "out"),
+        "--explain",
+    ]
+    assert demo["main"]([*argv, "--opts", "MODEL.WEIGHTS", str(checkpoint)]) == 0
+    written = cv2.imread(str(tmp_path / "out" / "shapes_explain.png"))[:, :, ::-1]
+    expected = draw_explanation(image, predictor.explain(image, format="RGB"))
+    np.testing.assert_array_equal(written, expected)
+    assert (tmp_path / "out" / "shapes.png").is_file()
