@@ -29,7 +29,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from PIL import Image, ImageOps
 
-from fastinst.checkpoint import load_checkpoint
+from fastinst.checkpoint import METADATA_KEY, load_checkpoint
 from fastinst.config import add_fastinst_config
 from fastinst.data.image_io import UnreadableImageError as ImageReadError
 from fastinst.data.image_io import array_from_pil, read_image
@@ -40,6 +40,7 @@ __all__ = [
     "FastInstPredictor",
     "UnreadableImageError",
     "build_predictor_cfg",
+    "dataset_metadata",
     "instances_to_coco_results",
     "resolve_config",
     "to_rgb",
@@ -123,13 +124,55 @@ def build_predictor_cfg(
     return cfg
 
 
-def dataset_metadata(cfg: CfgNode) -> Metadata:
-    """Metadata of DATASETS.TEST[0] (else TRAIN[0]) if its `thing_classes` fit NUM_CLASSES, else "class N" names.
+def dataset_metadata(cfg: CfgNode, record: dict | None = None) -> Metadata:
+    """The class names and dataset category ids of the model built from `cfg`: the one place that answers them.
 
-    The returned object always has `thing_classes`. `thing_dataset_id_to_contiguous_id` is kept only with the
-    dataset's metadata (it decides the COCO category ids of `to_coco_results`).
+    Sources, in order; the first with exactly MODEL.SEM_SEG_HEAD.NUM_CLASSES names wins:
+
+    1. DATASETS.THING_CLASSES / DATASETS.THING_DATASET_IDS, which train_net.py writes into OUTPUT_DIR/config.yaml;
+    2. `record`: what a training run stored in its checkpoints (`fastinst.checkpoint.METADATA_KEY` of the dict
+       that `load_checkpoint` returns), for a checkpoint used with another config;
+    3. the registered metadata of DATASETS.TEST[0], else DATASETS.TRAIN[0] (official COCO configs: COCO's 80 names
+       and category ids 1..90);
+    4. stand-ins "class 0" .. "class K-1" with category ids 1..K, with a warning that says so.
+
+    Returns a `Metadata` with `thing_classes` (K names) and, when the ids are known,
+    `thing_dataset_id_to_contiguous_id` ({dataset category id: class index}, used by `to_coco_results`).
+    A source with another number of names is skipped with a warning. Raises ValueError if
+    DATASETS.THING_DATASET_IDS is set but does not give one distinct id per name of DATASETS.THING_CLASSES.
     """
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    stored = list(cfg.DATASETS.get("THING_CLASSES", []))
+    stored_ids = list(cfg.DATASETS.get("THING_DATASET_IDS", []))
+    if stored_ids and (len(stored_ids) != len(stored) or len(set(stored_ids)) != len(stored_ids)):
+        raise ValueError(
+            f"DATASETS.THING_DATASET_IDS {stored_ids} must give one distinct category id per name of "
+            f"DATASETS.THING_CLASSES ({len(stored)} names)."
+        )
+    candidates = [("DATASETS.THING_CLASSES of the config", stored, stored_ids)]
+    if record:
+        candidates.append(
+            (
+                "the checkpoint's record",
+                record.get("thing_classes"),
+                record.get("thing_dataset_ids"),
+            )
+        )
+    for source, classes, ids in candidates:
+        if not classes:
+            continue
+        if len(classes) != num_classes:
+            logger.warning(
+                "%s lists %d classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is %d; not using its names.",
+                source,
+                len(classes),
+                num_classes,
+            )
+            continue
+        meta = Metadata(name="fastinst_model", thing_classes=list(classes))
+        if ids:
+            meta.thing_dataset_id_to_contiguous_id = {int(d): i for i, d in enumerate(ids)}
+        return meta
     names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
     if names:
         meta = MetadataCatalog.get(names[0])
@@ -138,11 +181,25 @@ def dataset_metadata(cfg: CfgNode) -> Metadata:
             return meta
         if classes is not None:
             logger.warning(
-                "Dataset %s has %d classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is %d; naming them 'class N'.",
+                "Dataset %s has %d classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is %d; not using its names.",
                 names[0],
                 len(classes),
                 num_classes,
             )
+    if not names:
+        where = "no dataset in DATASETS.TEST / TRAIN"
+    elif MetadataCatalog.get(names[0]).get("thing_classes") is None:
+        where = f"dataset {names[0]!r} is not registered in this process"
+    else:
+        where = f"dataset {names[0]!r} has other classes"
+    logger.warning(
+        "The model's class names are unknown (no DATASETS.THING_CLASSES in the config, no record in the "
+        "checkpoint, %s): using the stand-ins 'class 0' .. 'class %d' and category ids 1 .. %d. Use the "
+        "config.yaml that training wrote into its OUTPUT_DIR to get the real names and ids.",
+        where,
+        num_classes - 1,
+        num_classes,
+    )
     return Metadata(
         name="fastinst_generic", thing_classes=[f"class {i}" for i in range(num_classes)]
     )
@@ -272,8 +329,9 @@ class FastInstPredictor:
             [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
             self.cfg.INPUT.MAX_SIZE_TEST,
         )
-        self.metadata = dataset_metadata(self.cfg)
+        self._record: dict | None = None  # the training run's record in the checkpoint, if any
         self.model = self._build_model(weights, precision, compile)
+        self.metadata = dataset_metadata(self.cfg, self._record)
 
     def _build_model(self, weights, precision: str, compile: bool) -> torch.nn.Module:
         """Build the PyTorch model and load its weights (the part an ONNX backend replaces)."""
@@ -302,7 +360,8 @@ class FastInstPredictor:
             )
         model = build_model(self.cfg)
         if weights:
-            load_checkpoint(model, weights, strict=True)
+            extra = load_checkpoint(model, weights, strict=True)
+            self._record = extra.get(METADATA_KEY)
         else:
             logger.warning(
                 "No weights given (MODEL.WEIGHTS is empty): the model has random weights."
@@ -314,17 +373,21 @@ class FastInstPredictor:
     def _forward(self, batch_inputs: list[dict]) -> list[Instances]:
         """Run one batch: dicts with "image" (C, H, W) float tensor in INPUT.FORMAT, "height", "width".
 
-        Returns unfiltered `Instances` at (height, width) on the CPU, sorted by score, with bool pred_masks.
+        Returns `Instances` at (height, width) on the CPU, sorted by score, with bool pred_masks, not yet
+        filtered by `score_threshold`; a PyTorch model leaves out, before pasting their masks at full size,
+        the instances whose class probability alone is below `score_threshold` (they could not pass it).
         This is the only method that touches the network.
         """
         if not isinstance(self.model, torch.nn.Module):  # OnnxFastInst: one graph run per image
             return [self.model(x["image"], x["height"], x["width"]) for x in batch_inputs]
+        self.model.test_score_threshold = self.score_threshold  # memory follows what is kept
         with inference_context(self.model, self.precision):
             outputs = self.model(batch_inputs)
         results = []
         for out in outputs:
             instances = out["instances"].to("cpu")
-            instances.pred_masks = instances.pred_masks > 0.5
+            if instances.pred_masks.dtype != torch.bool:
+                instances.pred_masks = instances.pred_masks > 0.5
             results.append(instances)
         return results
 

@@ -187,7 +187,7 @@ def test_bf16_instances_are_close_to_fp32(case, config, bf16_weights):
     opts = Optimizations(bf16_weights=bf16_weights)
     bf16_out, bf16 = run(golden_model(config, "bf16", opts), inputs, "bf16")
 
-    assert bf16.pred_masks.dtype == torch.float32 and bf16.scores.dtype == torch.float32
+    assert bf16.pred_masks.dtype == torch.bool and bf16.scores.dtype == torch.float32
     picked_fp32 = fp32_out["topk_indices"][0].tolist()
     picked_bf16 = bf16_out["topk_indices"][0].tolist()
     common = [p for p in picked_fp32 if p in picked_bf16]

@@ -90,6 +90,10 @@ class FastInst(nn.Module):
         # Post-processing picks the top-k pairs before resizing their masks (same outputs); False runs the
         # official order of work (`instance_inference_reference`, zero boxes), for benchmarks.
         self.fast_postprocessing = True
+        # Instances whose class probability is below this cannot pass a caller's score filter: the fast
+        # post-processing drops them before resizing their masks (0.0: keep the top-k, as evaluation needs).
+        # Set by `FastInstPredictor` to its score_threshold; not a config key (no official number depends on it).
+        self.test_score_threshold = 0.0
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         # checkpoints holding only one of the two `empty_weight` paths still load cleanly (SPEC §10 F10)
@@ -181,18 +185,14 @@ class FastInst(nn.Module):
             cls_all, masks_all, batched_inputs, images.image_sizes
         ):
             out_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
-            postprocess = (
-                instance_inference if self.fast_postprocessing else instance_inference_reference
-            )
+            args = (cls_logits, mask_logits, padded_size, image_size, out_size)
             with torch.autocast(device_type=self.device.type, enabled=False):
-                instances = postprocess(
-                    cls_logits,
-                    mask_logits,
-                    padded_size,
-                    image_size,
-                    out_size,
-                    self.test_topk_per_image,
-                )
+                if self.fast_postprocessing:
+                    instances = instance_inference(
+                        *args, self.test_topk_per_image, self.test_score_threshold
+                    )
+                else:
+                    instances = instance_inference_reference(*args, self.test_topk_per_image)
             results.append({"instances": instances})
         return results
 

@@ -8,7 +8,9 @@ The official code resizes all Q mask logits to the padded size, crops and resize
 and only then picks the top-k pairs. Resizing is per mask, so `instance_inference` picks the pairs first and
 resizes, thresholds and measures only the u distinct masks it keeps (a few at a time, in the CPU cache), skips
 the second resize when it is the identity (same size: bilinear weights 1 and 0), and gathers the k binary masks
-once, already in score order.
+once, already in score order. With a score threshold (the predictor's), pairs whose class probability is below
+it are dropped before any mask is resized: the final score is the class probability times a mask score below 1,
+so they could not pass; memory then follows the instances kept, not the image size. Masks are returned as bool.
 The numbers are bit-identical to `instance_inference_reference` (tests/modeling/test_model.py), with a fraction
 of the work.
 """
@@ -95,18 +97,30 @@ def instance_inference(
     image_size: tuple[int, int],
     out_size: tuple[int, int],
     topk: int = 100,
+    score_threshold: float = 0.0,
 ) -> Instances:
     """Instances of one image from the last decoder layer.
 
     cls_logits (Q, K+1), mask_logits (Q, H8, W8). Returns `Instances(out_size)` with pred_masks (k, height, width)
-    float 0/1, scores = class probability x mean mask probability inside the mask, pred_classes (int64) and
+    bool, scores = class probability x mean mask probability inside the mask, pred_classes (int64) and
     pred_boxes (the tight box of each mask; empty masks give zero boxes), sorted by score.
 
     On the CPU the u distinct masks are resized, thresholded and measured a few at a time (about CHUNK_PIXELS),
     so the float intermediates mostly stay in the cache; only the bool masks are kept. On a GPU, all at once.
     Every step is per mask, so the results do not depend on the chunking.
+
+    `score_threshold` > 0 drops, before their masks are resized, the pairs whose class probability is below it:
+    their final score (class probability x mask score, the mask score < 1) could not reach it. Every pair that
+    can reach it is kept with the same mask, box and score as with 0 (the default: all top-k pairs, for
+    evaluation); the caller still filters the final scores.
     """
     scores, queries, labels = topk_pairs(cls_logits, topk)
+    rows_needed = len(
+        queries
+    )  # the row count of the sums without a threshold (bit-identical scores)
+    if score_threshold > 0:
+        keep = scores >= score_threshold  # (k,) -> k' <= k pairs that can pass
+        scores, queries, labels = scores[keep], queries[keep], labels[keep]
     unique, inverse = torch.unique(queries, return_inverse=True)  # (u,), (k,)
     logits = mask_logits[unique]  # (u, H8, W8)
     u, (height, width) = len(unique), out_size
@@ -128,15 +142,13 @@ def instance_inference(
         as_bytes = chunk.view(torch.uint8) if not torch.jit.is_tracing() else chunk.int()
         count[start:end] = as_bytes.flatten(1).sum(1, dtype=torch.int32).float()  # exact
         probs = F.threshold_(probs, 0.5, 0.0)  # = probs * mask, value for value
-        inside[start:end] = _row_sums(probs.flatten(1), len(queries))
+        inside[start:end] = _row_sums(probs.flatten(1), rows_needed)
         boxes[start:end] = mask_boxes(chunk)
 
     final = scores * (inside / (count + 1e-6))[inverse]  # (k,)
     order = torch.argsort(final, descending=True, stable=True)
     result = Instances(tuple(out_size))
-    result.pred_masks = binary[
-        inverse[order]
-    ].float()  # (k, height, width), one gather in score order
+    result.pred_masks = binary[inverse[order]]  # (k, height, width) bool, one gather in score order
     result.pred_boxes = Boxes(boxes[inverse[order]])
     result.scores = final[order]
     result.pred_classes = labels[order]
@@ -164,7 +176,7 @@ def instance_inference_reference(
 ) -> Instances:
     """The official order of work (resize all Q masks twice, then pick pairs), kept to measure the saving.
 
-    Same outputs as `instance_inference`, except that boxes are zeros as in the official code.
+    Same outputs as `instance_inference` (masks as bool), except that boxes are zeros as in the official code.
     """
     all_logits = resize_mask_logits(mask_logits, padded_size, image_size, out_size)  # (Q, h, w)
     scores, queries, labels = topk_pairs(cls_logits, topk)
@@ -172,4 +184,4 @@ def instance_inference_reference(
     masks = (probs > 0.5).float()
     mask_scores = (probs * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
     boxes = Boxes(torch.zeros(len(scores), 4, device=masks.device))
-    return _sorted_instances(out_size, masks, boxes, scores * mask_scores, labels)
+    return _sorted_instances(out_size, masks.bool(), boxes, scores * mask_scores, labels)

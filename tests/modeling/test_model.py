@@ -172,7 +172,7 @@ def test_eval_output_instances_have_real_boxes_and_requested_size():
     inst = result["instances"]
     assert inst.image_size == (128, 192)
     assert inst.pred_masks.shape == (16 * 5 if 16 * 5 < 100 else 100, 128, 192)
-    assert inst.pred_masks.dtype == torch.float32
+    assert inst.pred_masks.dtype == torch.bool
     assert torch.all(inst.scores[:-1] >= inst.scores[1:])  # sorted
     for mask, box in zip(inst.pred_masks, inst.pred_boxes.tensor):
         if mask.any():
