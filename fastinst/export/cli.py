@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx/pt2: any input size (sides multiples of 32, at least a minimum stored in the metadata)",
     )
     parser.add_argument(
-        "--opset", type=int, default=19, help="ONNX opset (>= 19 for DCN backbones)"
+        "--opset",
+        type=int,
+        default=19,
+        help="ONNX opset of the written file: 18 or higher (19 or higher for DCN backbones); a lower one "
+        "is refused (torch's exporter implements 18 and later)",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

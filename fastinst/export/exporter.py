@@ -32,6 +32,10 @@ METADATA_KEY = "fastinst"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("pred_logits", "pred_masks")
 DEFAULT_OPSET = 19  # the first opset with DeformConv (R50-vd-DCN backbones)
+# torch's ONNX exporter (dynamo) implements opset 18 and later; it "converts" a lower request after export and, when
+# that fails (it does for FastInst), silently keeps 18. Lower opsets are refused instead.
+MIN_OPSET = 18
+DCN_MIN_OPSET = 19  # ONNX DeformConv exists from opset 19 on
 MAX_SIZE = 8192  # largest side of a dynamic-size graph input
 
 
@@ -98,6 +102,34 @@ def example_image(model: nn.Module, input_size: tuple[int, int]) -> torch.Tensor
     return image.to(model.pixel_mean.device)
 
 
+def has_deform_conv(model: nn.Module) -> bool:
+    """True if the model has deformable convolutions (R50-vd-DCN backbones), which need ONNX opset >= 19."""
+    from fastinst.modeling.backbone.resnet_vd import DeformConv2d
+
+    return any(isinstance(m, DeformConv2d) for m in model.modules())
+
+
+def writable_opsets(model: nn.Module) -> range:
+    """The ONNX opsets `export_onnx` can write for `model`: 18 (19 with DCN) to the installed onnx's newest."""
+    import onnx.defs
+
+    low = DCN_MIN_OPSET if has_deform_conv(model) else MIN_OPSET
+    return range(low, onnx.defs.onnx_opset_version() + 1)
+
+
+def check_opset(model: nn.Module, opset_version: int, path: str | os.PathLike) -> None:
+    """Raise ValueError (one line naming `path`) if `opset_version` is not in `writable_opsets(model)`."""
+    opsets = writable_opsets(model)
+    if opset_version not in opsets:
+        needs = (
+            " (DeformConv of the DCN backbone needs 19)" if opsets.start == DCN_MIN_OPSET else ""
+        )
+        raise ValueError(
+            f"Cannot write {path} at ONNX opset {opset_version}: this model exports at opsets "
+            f"{opsets.start} to {opsets.stop - 1}{needs}. Pass --opset {opsets.start} or higher."
+        )
+
+
 def export_program(
     model: nn.Module, input_size: tuple[int, int], dynamic: bool = False
 ) -> torch.export.ExportedProgram:
@@ -142,8 +174,12 @@ def export_onnx(
 
     Inputs "image" (1, 3, H, W) float32 RGB 0-255; outputs "pred_logits", "pred_masks". Fixed H x W =
     `input_size` unless `dynamic`. The `export_metadata` JSON is stored under metadata_props["fastinst"].
+    The file declares exactly `opset_version`; an opset outside `writable_opsets(model)` raises ValueError
+    before anything is written. The file is written under a temporary name and renamed when complete, so a
+    failure leaves no partial file at `path`.
     """
     path = Path(path)
+    check_opset(model, opset_version, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = export_program(model, input_size, dynamic)
     onnx_program = torch.onnx.export(
@@ -154,9 +190,19 @@ def export_onnx(
         dynamo=True,
         verbose=False,
     )
+    written = onnx_program.model.opset_imports.get("", None)
+    if written != opset_version:  # never report another opset than requested as a success
+        raise ValueError(
+            f"Cannot write {path} at ONNX opset {opset_version}: torch's exporter produced opset {written}."
+        )
     meta = export_metadata(model, input_size, dynamic)
     onnx_program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
-    onnx_program.save(path, external_data=False)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        onnx_program.save(partial, external_data=False)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx.defs
 import pytest
 import torch
 import torch.nn.functional as F
@@ -172,9 +173,21 @@ def cli_onnx(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dynamic_onnx(model, tmp_path_factory):
+    """Written at opset 18 (the lowest writable; the CLI fixture uses the default 19)."""
     return export_onnx(
-        model, tmp_path_factory.mktemp("dyn") / "tiny_dyn.onnx", (64, 96), dynamic=True
+        model,
+        tmp_path_factory.mktemp("dyn") / "tiny_dyn.onnx",
+        (64, 96),
+        dynamic=True,
+        opset_version=18,
     )
+
+
+def onnx_opset(path) -> int:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def test_cli_writes_onnx(cli_onnx):
@@ -185,6 +198,35 @@ def test_cli_writes_onnx(cli_onnx):
     assert meta["input_size"] == [64, 96] and meta["dynamic"] is False
     assert meta["num_queries"] == 16 and meta["num_classes"] == 5
     assert not Path(str(output) + ".data").exists()  # weights inside the one file
+    assert onnx_opset(output) == 19  # the default --opset
+    assert not output.with_name(output.name + ".partial").exists()
+
+
+def test_written_opset_is_the_requested_one(dynamic_onnx):
+    assert onnx_opset(dynamic_onnx) == 18
+
+
+def test_cli_refuses_opsets_it_cannot_write(tmp_path, capsys):
+    """torch's exporter implements opset >= 18 and used to write 18 for --opset 13 / 17 (and exit 0)."""
+    output = tmp_path / "t13.onnx"
+    base = ["--config-file", str(TINY_YAML), "--output", str(output), "--input-size", "64", "96"]
+    for opset in (13, 17):
+        assert cli_main(base + ["--opset", str(opset)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [
+            f"error: Cannot write {output} at ONNX opset {opset}: this model exports at opsets 18 to "
+            f"{onnx.defs.onnx_opset_version()}. Pass --opset 18 or higher."
+        ]
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a partial file
+
+
+def test_dcn_model_needs_opset_19(tmp_path):
+    model = tiny_model(DCN_OPTS).eval()
+    with pytest.raises(
+        ValueError, match=r"opsets 19 to \d+ \(DeformConv of the DCN backbone needs 19\)"
+    ):
+        export_onnx(model, tmp_path / "dcn.onnx", (64, 96), opset_version=18)
+    assert not (tmp_path / "dcn.onnx").exists()
 
 
 def test_cli_reports_user_errors(tmp_path, capsys):
