@@ -59,6 +59,7 @@ from fastinst.data import (
     register_coco_json_dataset,
 )
 from fastinst.engine import Trainer
+from fastinst.engine.input_size import input_size_overrides
 from fastinst.engine.time_budget import time_budget_overrides
 
 CUSTOM_TRAIN = "custom_coco_train"
@@ -356,7 +357,10 @@ def cli(argv: list[str] | None = None) -> int:
     print("Command Line Args:", args)
     try:
         cfg = check_inputs(args)
-        args.opts = [*args.opts, *fit_time_budget(args, cfg)]
+        sizes = input_size_overrides(cfg, resume=args.resume, eval_only=args.eval_only)
+        # INPUT.AUTO_SIZE: sizes from the data, merged before the time budget is measured
+        cfg.merge_from_list(sizes)
+        args.opts = [*args.opts, *sizes, *fit_time_budget(args, cfg)]
     except (InputError, DatasetError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,13 @@ def add_fastinst_config(cfg: CN) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    # Not official (off = official): choose the input sizes that the config leaves at 0 from the training
+    # json's image and object sizes (fastinst/engine/input_size.py; the custom-data recipe turns it on).
+    cfg.INPUT.AUTO_SIZE = CN()
+    cfg.INPUT.AUTO_SIZE.ENABLED = False
+    cfg.INPUT.AUTO_SIZE.MIN_CELLS = 3.0  # stride-8 cells the median object should span at the input
+    cfg.INPUT.AUTO_SIZE.MAX_CROP = 256  # largest training crop side (px): the cost of an iteration
+
     # ---- what the model's class indices mean (read by fastinst.predictor.dataset_metadata) ----
     # Filled by train_net.py from the training dataset, so OUTPUT_DIR/config.yaml describes the model in any
     # process: the class names in class-index order, and the dataset's category id of each class (COCO json
