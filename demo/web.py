@@ -24,9 +24,11 @@ or mismatched checkpoint) or Gradio is not installed.
 """
 
 import argparse
+import atexit
 import json
 import os
 import runpy
+import shutil
 import sys
 import tempfile
 import threading
@@ -49,6 +51,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 DEFAULT_MAX_PIXELS = (
     16_000_000  # a 16-megapixel photo: ~1 s to decode and draw on a CPU, ~200 MB of masks
 )
+KEEP_DOWNLOADS = 32  # the newest COCO json files kept in the work folder
 TABLE_HEADERS = ["#", "class", "score", "box (x0, y0, x1, y1)", "area (px)", "query"]
 
 # demo/demo.py's drawing (demo/ is not a package)
@@ -152,7 +155,8 @@ class WebDemo:
         self.predictor.score_threshold = 0.0
         self.max_pixels = int(max_pixels)
         self.can_explain = isinstance(predictor.model, torch.nn.Module)
-        self.workdir = Path(tempfile.mkdtemp(prefix="fastinst-web-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="fastinst-web-"))  # the COCO json downloads
+        atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
         self._lock = threading.Lock()
         id_map = predictor.metadata.get("thing_dataset_id_to_contiguous_id")
         self._to_dataset_id = {v: k for k, v in id_map.items()} if id_map else None
@@ -200,6 +204,9 @@ class WebDemo:
         """Write the kept instances as COCO results (image_id 0, RLE masks); returns the file path."""
         kept = prediction.instances[torch.as_tensor(self.kept(prediction, threshold))]
         results = instances_to_coco_results(kept, 0, self._to_dataset_id)
+        folders = sorted(self.workdir.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in folders[:-KEEP_DOWNLOADS]:  # Gradio has copied them into its cache by now
+            shutil.rmtree(old, ignore_errors=True)
         folder = Path(tempfile.mkdtemp(dir=self.workdir))
         path = folder / f"{Path(prediction.name).stem}_coco_results.json"
         path.write_text(json.dumps(results))
@@ -304,7 +311,8 @@ def build_app(demo: WebDemo, threshold: float = 0.5, title: str = "FastInst"):
         x, y = evt.index
         return show_instance(prediction, threshold, demo.instance_at(prediction, threshold, x, y))
 
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    # delete_cache: Gradio removes uploads and results older than an hour from its cache, every hour
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         state = gr.State(None)
         gr.Markdown(
             f"# {title}: instance segmentation\n"

@@ -340,3 +340,21 @@ def test_command_line(web, tmp_path, monkeypatch, capsys):
     ]
     assert web.main(["--config-file", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.startswith("error: Config file not found:")
+
+
+def test_clicked_pixel_gives_the_best_instance_there(web, predictor, image_file, threshold):
+    """A click on the picture selects the best-scored kept instance covering the pixel, and names its query."""
+    demo = web.WebDemo(predictor, MAX_PIXELS)
+    prediction = demo.predict(image_file)
+    kept = demo.kept(prediction, threshold)
+    masks = prediction.instances.pred_masks
+    for i in kept:
+        ys, xs = np.nonzero(masks[i].numpy() & ~masks[kept[kept < i]].numpy().any(0))
+        if len(ys):  # a pixel of instance i that no better kept instance covers
+            assert demo.instance_at(prediction, threshold, int(xs[0]), int(ys[0])) == i
+    outside = ~masks[kept].numpy().any(0)
+    ys, xs = np.nonzero(outside)
+    if len(ys):
+        assert demo.instance_at(prediction, threshold, int(xs[0]), int(ys[0])) is None
+    q = int(prediction.queries[kept[0]])
+    assert f"came from query **{q}** of 16" in demo.query_text(prediction, int(kept[0]))
