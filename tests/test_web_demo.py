@@ -358,3 +358,30 @@ def test_clicked_pixel_gives_the_best_instance_there(web, predictor, image_file,
         assert demo.instance_at(prediction, threshold, int(xs[0]), int(ys[0])) is None
     q = int(prediction.queries[kept[0]])
     assert f"came from query **{q}** of 16" in demo.query_text(prediction, int(kept[0]))
+
+
+def test_model_without_explanation(web, predictor, image_file, threshold):
+    """An exported model (no nn.Module: the ONNX backend's interface) gets the page without the activation map."""
+
+    class Graph:  # called as OnnxFastInst is: (image (3, h, w), height, width) -> Instances
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, image, height, width):
+            with torch.no_grad():
+                out = self.model([{"image": image, "height": height, "width": width}])[0]
+            instances = out["instances"].to("cpu")
+            instances.pred_masks = instances.pred_masks > 0.5
+            return instances
+
+    model, predictor.model = predictor.model, Graph(predictor.model)
+    try:
+        demo = web.WebDemo(predictor, MAX_PIXELS)
+        assert not demo.can_explain
+        prediction = demo.predict(image_file)
+        assert prediction.explanation is None and demo.explain_view(prediction) is None
+    finally:
+        predictor.model = model
+    rows = [[str(v) for v in row] for row in demo.table(prediction, threshold)]
+    assert rows == [row[:5] + [""] for row in expected_rows(predictor, image_file, threshold)]
+    assert demo.picture(prediction, threshold).shape == cv2.imread(str(image_file)).shape
