@@ -22,7 +22,9 @@ drawings are shown in a window, which needs an OpenCV build with a GUI (not open
 
 Exit status: 0 if every input (or at least one of several images) was processed; an unreadable image is reported
 by name on stderr and skipped, and the run ends with "N ok, M failed". 1 if every image failed; 2 for a usage
-error, a config or checkpoint that cannot be loaded, or a video that cannot be opened or written.
+error (among them an --output that cannot be written, found before the model is built), a config or checkpoint
+that cannot be loaded, or a video that cannot be opened or written. A drawing whose input extension OpenCV cannot
+write (e.g. photo.jfif) is saved as .jpg, with a note.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from fastinst.explain import draw_explanation
 from fastinst.predictor import FastInstPredictor, to_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+FALLBACK_SUFFIX = ".jpg"  # drawings of inputs whose extension OpenCV cannot write (e.g. .jfif)
 WINDOW = "FastInst"
 
 
@@ -148,6 +151,40 @@ def output_path(output: str, source: str, many: bool, suffix: str | None = None)
     return output
 
 
+def writable_path(out_file: str) -> str:
+    """`out_file`, or the same name with FALLBACK_SUFFIX when OpenCV has no writer for its extension (says so).
+
+    Inputs OpenCV reads through PIL, or names without an image extension (e.g. `photo.jfif`), still get a
+    drawing instead of being lost after the prediction.
+    """
+    if cv2.haveImageWriter(out_file):
+        return out_file
+    fallback = str(Path(out_file).with_suffix(FALLBACK_SUFFIX))
+    suffix = Path(out_file).suffix or "(no extension)"
+    tqdm.write(f"note: OpenCV cannot write {suffix} images; writing {fallback} instead")
+    return fallback
+
+
+def check_output(output: str, num_inputs: int) -> None:
+    """Usage errors of --output, before the model is built: an image name OpenCV cannot write, or a folder
+    that cannot be created or written."""
+    is_file = num_inputs == 1 and not os.path.isdir(output) and bool(Path(output).suffix)
+    if is_file and not cv2.haveImageWriter(output):
+        raise DemoError(
+            f"--output {output}: OpenCV cannot write {Path(output).suffix} images; name the drawing "
+            "with an extension it writes (.jpg, .png, .bmp, .tif, .webp) or give a folder."
+        )
+    folder = os.path.dirname(os.path.abspath(output)) if is_file else output
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise DemoError(
+            f"--output {output}: cannot create the folder {folder} ({e.strerror or e})."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DemoError(f"--output {output}: the folder {folder} is not writable.")
+
+
 def has_display() -> bool:
     """Whether cv2.imshow can work (a GUI-enabled OpenCV build and, on Linux, a display)."""
     if sys.platform.startswith("linux") and not (
@@ -239,7 +276,7 @@ def run_images(
             if explain:
                 explained = draw_explanation(rgb, explanation)[:, :, ::-1]  # BGR
             if output is not None:
-                out_file = output_path(output, path, many=len(files) > 1)
+                out_file = writable_path(output_path(output, path, many=len(files) > 1))
                 if not cv2.imwrite(out_file, drawing):
                     raise OSError(f"could not write {out_file}")
                 if explain:
@@ -373,6 +410,8 @@ def main_images(args: argparse.Namespace) -> int:
         raise DemoError(
             f"--output {output} looks like a file name, but there are {len(files)} inputs."
         )
+    if output is not None:
+        check_output(output, len(files))
     names = [Path(f).name for f in files]
     if output is not None and len(set(names)) < len(names):
         print(

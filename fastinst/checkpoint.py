@@ -39,10 +39,18 @@ def read_error(path: str, error: BaseException) -> CheckpointReadError:
     reason = type(error).__name__
     if str(error).strip():
         reason += ": " + str(error).strip().splitlines()[0]
-    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    size, head = 0, b""
+    if os.path.isfile(path):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(2)
+    # torch.save writes a zip archive ("PK"); older files and .pkl are pickles (protocol byte 0x80)
+    if size == 0 or head == b"PK" or head[:1] == b"\x80":
+        hint = "It is probably incomplete (an interrupted download or copy): download or copy it again."
+    else:
+        hint = "It does not start like a checkpoint (neither a zip archive nor a pickle)."
     return CheckpointReadError(
-        f"{path}: cannot be read as a PyTorch checkpoint ({size} bytes; {reason}). "
-        "It is probably incomplete (an interrupted download or copy): download or copy it again."
+        f"{path}: cannot be read as a PyTorch checkpoint ({size} bytes; {reason}). {hint}"
     )
 
 

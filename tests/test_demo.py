@@ -123,6 +123,45 @@ def test_usage_errors_in_process(demo, tmp_path, capsys):
     assert "No image found" in capsys.readouterr().err
 
 
+def test_unwritable_output_is_a_usage_error_before_the_model(demo, tmp_path, capsys, monkeypatch):
+    def no_model(args):
+        raise AssertionError("the model must not be built for an --output that cannot be written")
+
+    monkeypatch.setitem(demo["main"].__globals__, "build_predictor", no_model)
+    main = demo["main"]
+    image = tmp_path / "photo.png"
+    write_image(image)
+    named = tmp_path / "result.jfif"
+    assert main(["--input", str(image), "--output", str(named), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: --output {named}: OpenCV cannot write .jfif"
+    )
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the output folder would go")
+    assert main(["--input", str(image), "--output", str(blocker / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the folder" in err[0] and str(blocker) in err[0]
+    assert not named.exists()
+
+
+def test_input_extension_opencv_cannot_write_gets_a_jpg_drawing(demo, tmp_path, capsys, checkpoint):
+    from PIL import Image
+
+    rgb = np.random.default_rng(3).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    photo = tmp_path / "photo.jfif"  # a JPEG under the name some browsers and phones use
+    Image.fromarray(rgb).save(photo, format="JPEG")
+    out = tmp_path / "out"
+    args = ["--input", str(photo), "--output", str(out), "--device", "cpu", "--config-file"]
+    args.append(str(TINY_YAML))
+    assert demo["main"]([*args, "--opts", "MODEL.WEIGHTS", checkpoint]) == 0
+    printed = capsys.readouterr().out
+    assert f"writing {out / 'photo.jpg'} instead" in printed and "1 ok, 0 failed" in printed
+    drawing = cv2.imread(str(out / "photo.jpg"))
+    assert drawing is not None and drawing.shape == (64, 80, 3)
+    assert sorted(p.name for p in out.iterdir()) == ["photo.jpg"]
+
+
 def test_expand_inputs(demo, tmp_path):
     for name in ("b.png", "a.jpg", "c.txt", ".hidden.png"):
         (tmp_path / name).write_bytes(b"")

@@ -1,5 +1,6 @@
 """tools/convert-{timm,torchvision}-to-d2.py: converted weights load by name and reproduce features."""
 
+import io
 import pickle
 import subprocess
 import sys
@@ -200,10 +201,16 @@ def test_script_with_missing_input_file_exits_with_one_line(tmp_path, script):
         text=True,
         cwd=REPO,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "no such file" in lines[0]
     assert not (tmp_path / "out.pkl").exists()
+
+
+def _checkpoint_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}, buffer)
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -212,14 +219,16 @@ def test_script_with_missing_input_file_exits_with_one_line(tmp_path, script):
         lambda p: p.write_text("hello, I am not a checkpoint\n"),
         lambda p: torch.save([1, 2, 3], p),
         lambda p: torch.save({"epoch": 3, "lr": 0.1}, p),
+        lambda p: p.write_bytes(_checkpoint_bytes()[:5000]),  # an interrupted download
+        lambda p: p.write_bytes(b""),
     ],
-    ids=["text-file", "list", "dict-without-tensors"],
+    ids=["text-file", "list", "dict-without-tensors", "truncated", "empty"],
 )
 @pytest.mark.parametrize("source", ["timm", "torchvision"])
 def test_non_state_dict_input_exits_with_one_line(tmp_path, capsys, write, source):
     bad = tmp_path / "bad.pth"
     write(bad)
-    assert main([str(bad), str(tmp_path / "out.pkl")], source=source) == 1
+    assert main([str(bad), str(tmp_path / "out.pkl")], source=source) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and err[0].startswith("error: ")
     assert not (tmp_path / "out.pkl").exists()

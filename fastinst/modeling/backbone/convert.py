@@ -114,11 +114,10 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise ConversionError(f"{path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure to unpickle means "not a checkpoint"
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({first_line})"
-        ) from None
+    except Exception as e:  # any failure to unpickle means "not a checkpoint" (or a truncated one)
+        from fastinst.checkpoint import read_error
+
+        raise ConversionError(str(read_error(path, e))) from None
     for wrapper_key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper_key), Mapping):
             obj = obj[wrapper_key]
@@ -174,6 +173,6 @@ def main(argv: Sequence[str] | None = None, *, source: str) -> int:
         num_keys = convert_file(args.input, args.output, source)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2  # bad input (the project's convention for command-line tools)
     print(f"wrote {num_keys} tensors to {args.output}")
     return 0
