@@ -15,18 +15,16 @@ datasets/README.md has the table of problems and outcomes.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_util
 
 from ..image_io import UnreadableImageError, read_image_header
+from .coco_annotations import AnnotationPass, is_int
 
 __all__ = ["CocoCheck", "DatasetError", "check_coco_json", "load_coco_file"]
 
@@ -34,12 +32,6 @@ SHOW = 5  # how many offending ids a message lists
 CROWD_WARN_SHARE = (
     0.10  # COCO train2017 has ~1% crowd annotations; a share over 10% is worth a word
 )
-BOX_TOLERANCE_PX = 2.0  # a json bbox "fits" its mask when every edge is within this ...
-BOX_TOLERANCE_IOU = 0.9  # ... or their IoU is at least this
-AREA_FACTOR, AREA_SLACK_PX = 2.0, 4.0  # area fits when within [mask / 2 - 4, 2 * mask + 4] pixels
-
-
-_PLAIN_NUMBERS = {int, float}
 
 
 class DatasetError(ValueError):
@@ -96,16 +88,8 @@ class _Report:
             )
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool)
-
-
 def _is_id(x: Any) -> bool:
-    return _is_int(x) or isinstance(x, str)
-
-
-def _number(x: Any) -> bool:
-    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
+    return is_int(x) or isinstance(x, str)
 
 
 def load_coco_file(json_file: str) -> dict[str, Any]:
@@ -174,7 +158,7 @@ def _check_structure(r: _Report, data: dict[str, Any]) -> None:
     _entries(r, cats, "categories", ("id", "name"))
     _entries(r, images, "images", ("id", "file_name"))
     _entries(r, annos, "annotations", ("image_id", "category_id", "segmentation"))
-    _unique_ids(r, cats, "categories", _is_int, "integers")
+    _unique_ids(r, cats, "categories", is_int, "integers")
     _unique_ids(r, images, "images", _is_id, "integers or strings")
     image_ids = [e["id"] for e in images if isinstance(e, dict) and _is_id(e.get("id"))]
     if len({isinstance(i, str) for i in image_ids}) > 1:
@@ -201,84 +185,9 @@ def _check_structure(r: _Report, data: dict[str, Any]) -> None:
     )
 
 
-def _decode_rle_string(s: str) -> list[int] | None:
-    """Counts of a compressed COCO RLE string (pycocotools' rleFrString, maskApi.c); None if malformed."""
-    counts: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                return None
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def _rle_of(segm: dict, height: int, width: int) -> tuple[Any, str]:
-    """(pycocotools RLE, "") for a valid RLE segmentation, else (None, "problem kind|detail")."""
-    size, counts = segm.get("size"), segm.get("counts")
-    if not (isinstance(size, list | tuple) and len(size) == 2 and all(_is_int(v) for v in size)):
-        return None, f"annotations whose RLE 'size' is not [height, width]| ({size!r})"
-    if [int(size[0]), int(size[1])] != [height, width]:
-        return None, (
-            "annotations whose RLE size differs from their image's [height, width]"
-            f"| (RLE {list(size)}, image [{height}, {width}])"
-        )
-    if isinstance(counts, list):
-        if not all(_is_int(c) and c >= 0 for c in counts):
-            return None, "annotations whose RLE counts are not non-negative integers|"
-        values = counts
-    elif isinstance(counts, str | bytes):
-        text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
-        values = _decode_rle_string(text)
-        if values is None or any(v < 0 for v in values):
-            return (
-                None,
-                "annotations whose compressed RLE counts are not a valid pycocotools string|",
-            )
-        counts = text.encode("ascii")
-    else:
-        return None, "annotations with an RLE that lacks 'counts' (a list or a string)|"
-    total = int(sum(values))
-    if total != height * width:
-        return None, (
-            "annotations whose RLE counts do not add up to their image's pixel count"
-            f"| ({total} pixels; image {height} x {width} = {height * width})"
-        )
-    if isinstance(counts, list):
-        return mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width), ""
-    return {"size": [height, width], "counts": counts}, ""
-
-
-def _polygon_parts(segm: list) -> tuple[list[list[float]], int]:
-    """The valid parts of a polygon list (>= 3 finite points, even length) and how many were dropped."""
-    good = []
-    for part in segm:
-        if (
-            isinstance(part, list)
-            and len(part) >= 6
-            and len(part) % 2 == 0
-            and set(map(type, part)) <= _PLAIN_NUMBERS
-            and math.isfinite(sum(part))  # NaN or inf anywhere makes the sum NaN or inf
-        ):
-            good.append(part)
-    return good, len(segm) - len(good)
-
-
 def _size_ok(image: dict) -> bool:
     h, w = image.get("height"), image.get("width")
-    return _is_int(h) and _is_int(w) and h > 0 and w > 0
+    return is_int(h) and is_int(w) and h > 0 and w > 0
 
 
 def _check_images(r: _Report, images: list[dict], image_root: str, check_files: bool) -> list[str]:
@@ -346,92 +255,6 @@ def _check_images(r: _Report, images: list[dict], image_root: str, check_files: 
     return [e["file_name"] for e in images if e.pop("_stored_orientation", False)]
 
 
-def _box_fits(box: list[float], ref: list[float]) -> bool:
-    """Does an XYWH box fit the reference XYWH box (all edges within 2 px, or IoU >= 0.9)?"""
-    x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
-    r0, s0, r1, s1 = ref[0], ref[1], ref[0] + ref[2], ref[1] + ref[3]
-    if max(abs(x0 - r0), abs(y0 - s0), abs(x1 - r1), abs(y1 - s1)) <= BOX_TOLERANCE_PX:
-        return True
-    inter = max(0.0, min(x1, r1) - max(x0, r0)) * max(0.0, min(y1, s1) - max(y0, s0))
-    union = box[2] * box[3] + ref[2] * ref[3] - inter
-    return union > 0 and inter / union >= BOX_TOLERANCE_IOU
-
-
-class _AnnotationPass:
-    """Per-annotation checks and repairs; each list collects the ids (or 'annotations[i]') of one kind."""
-
-    def __init__(self) -> None:
-        self.parts_dropped: list[Any] = []
-        self.no_valid_part: list[Any] = []
-        self.empty_mask: list[Any] = []
-        self.box_missing: list[Any] = []
-        self.box_xyxy: list[Any] = []
-        self.box_misfit: list[Any] = []
-        self.area_fixed: list[Any] = []
-        self.crowd_filled: list[Any] = []
-        self.crowd_bad: list[Any] = []
-        self.bad_type: list[Any] = []
-        self.rle_problems: dict[str, list[str]] = {}
-
-    def mask(self, a: dict, label: Any, height: int, width: int) -> tuple[dict, Any] | None:
-        """(annotation with valid polygon parts, RLE) or None (dropped or refused)."""
-        segm = a["segmentation"]
-        if isinstance(segm, list):
-            parts, dropped = _polygon_parts(segm)
-            if not parts:
-                self.no_valid_part.append(label)
-                return None
-            if dropped:
-                self.parts_dropped.append(label)
-                a = dict(a, segmentation=parts)
-            rles = mask_util.frPyObjects(parts, height, width)
-            return a, rles[0] if len(rles) == 1 else mask_util.merge(rles)
-        if isinstance(segm, dict):
-            rle, problem = _rle_of(segm, height, width)
-            if rle is None:
-                kind, _, detail = problem.partition("|")
-                self.rle_problems.setdefault(kind, []).append(f"{label}{detail}")
-                return None
-            return a, rle
-        self.bad_type.append(label)
-        return None
-
-    def fields(self, a: dict, label: Any, rle: Any) -> dict | None:
-        """bbox, area and iscrowd checked against the mask; None when the mask is empty (dropped)."""
-        area = float(mask_util.area(rle))
-        if area == 0:
-            self.empty_mask.append(label)
-            return None
-        box = [float(v) for v in mask_util.toBbox(rle)]  # XYWH, the mask's tight box
-        given = a.get("bbox")
-        if not (
-            isinstance(given, list)
-            and len(given) == 4
-            and all(map(_number, given))
-            and given[2] >= 0
-            and given[3] >= 0
-        ):
-            self.box_missing.append(label)
-            a = dict(a, bbox=box)
-        elif not _box_fits(given, box):
-            as_xyxy = [given[0], given[1], given[2] - given[0], given[3] - given[1]]
-            (self.box_xyxy if _box_fits(as_xyxy, box) else self.box_misfit).append(label)
-            a = dict(a, bbox=box)
-        given_area = a.get("area")
-        low, high = area / AREA_FACTOR - AREA_SLACK_PX, area * AREA_FACTOR + AREA_SLACK_PX
-        if not (_number(given_area) and given_area > 0 and low <= given_area <= high):
-            self.area_fixed.append(label)
-            a = dict(a, area=area)
-        crowd = a.get("iscrowd")
-        if crowd is None:
-            self.crowd_filled.append(label)
-            a = dict(a, iscrowd=0)
-        elif not ((_is_int(crowd) or isinstance(crowd, bool)) and crowd in (0, 1)):
-            self.crowd_bad.append(label)
-            return None
-        return a
-
-
 def _check_references(r: _Report, data: dict[str, Any], image_by_id: dict) -> list[dict]:
     """Refuse unknown category / image ids; returns the annotations whose references are valid."""
     annos = data["annotations"]
@@ -452,7 +275,7 @@ def _check_references(r: _Report, data: dict[str, Any], image_by_id: dict) -> li
     return [a for a in annos if _is_id(a["image_id"]) and a["image_id"] in image_by_id]
 
 
-def _report_annotations(r: _Report, p: _AnnotationPass) -> None:
+def _report_annotations(r: _Report, p: AnnotationPass) -> None:
     r.refuse("annotations whose segmentation is neither polygons (list) nor RLE (dict)", p.bad_type)
     for kind, items in p.rle_problems.items():
         r.refuse(kind, items)
@@ -489,11 +312,13 @@ def _report_annotations(r: _Report, p: _AnnotationPass) -> None:
 def _renumber(r: _Report, annos: list[dict]) -> None:
     """pycocotools records a match by the ground truth's id, with 0 meaning none: ids must be unique and >= 1."""
     ids = [a.get("id") for a in annos]
-    counts = Counter(i for i in ids if _is_int(i))
+    if set(map(type, ids)) <= {int} and (not ids or min(ids) > 0) and len(set(ids)) == len(ids):
+        return  # the usual case, checked at C speed
+    counts = Counter(i for i in ids if is_int(i))
     bad = [
         i if "id" in a else f"annotations[{n}] (no id)"
         for n, (a, i) in enumerate(zip(annos, ids, strict=True))
-        if not (_is_int(i) and i > 0 and counts[i] == 1)
+        if not (is_int(i) and i > 0 and counts[i] == 1)
     ]
     if bad:
         for n, a in enumerate(annos):
@@ -528,17 +353,17 @@ def check_coco_json(
     image_by_id = {e["id"]: e for e in images}
     annos = _check_references(r, data, image_by_id)
 
-    p, kept = _AnnotationPass(), []
+    p, kept = AnnotationPass(), []
+    sizes = {
+        e["id"]: (e["height"], e["width"]) for e in images if _size_ok(e)
+    }  # others refused above
     for i, a in enumerate(annos):
-        image = image_by_id[a["image_id"]]
-        if not _size_ok(image):
-            continue  # refused above
-        label = a.get("id", f"annotations[{i}]")
-        masked = p.mask(a, label, image["height"], image["width"])
-        if masked is not None:
-            checked = p.fields(masked[0], label, masked[1])
-            if checked is not None:
-                kept.append(checked)
+        size = sizes.get(a["image_id"])
+        if size is None:
+            continue
+        checked = p(a, a.get("id", f"annotations[{i}]"), *size)
+        if checked is not None:
+            kept.append(checked)
     _report_annotations(r, p)
     r.stop_if_refused(
         "Fix or remove them (datasets/README.md lists what is repaired and what is refused)."
