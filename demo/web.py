@@ -51,6 +51,10 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 DEFAULT_MAX_PIXELS = (
     16_000_000  # a 16-megapixel photo: ~1 s to decode and draw on a CPU, ~200 MB of masks
 )
+IMAGE_HEIGHT = 440  # pixels of the page's picture boxes
+DISPLAY_SIZE = (
+    400  # pictures of smaller images are drawn larger, to this long side (sharper labels and rings)
+)
 KEEP_DOWNLOADS = 32  # the newest COCO json files kept in the work folder
 TABLE_HEADERS = ["#", "class", "score", "box (x0, y0, x1, y1)", "area (px)", "query"]
 
@@ -106,6 +110,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------------------------------------------
 # the work behind the page (no Gradio here: tests call it directly)
+
+
+def display_scale(height: int, width: int) -> float:
+    """How much larger the page draws an image: its long side up to DISPLAY_SIZE, never smaller (>= 1)."""
+    return max(1.0, DISPLAY_SIZE / max(height, width))
 
 
 def read_upload(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
@@ -214,9 +223,9 @@ class WebDemo:
 
     def picture(self, prediction: Prediction, threshold: float) -> np.ndarray:
         kept = prediction.instances[torch.as_tensor(self.kept(prediction, threshold))]
-        return np.ascontiguousarray(
-            draw_visualizer(prediction.rgb, kept, self.predictor.metadata)[:, :, ::-1]
-        )
+        scale = display_scale(*prediction.rgb.shape[:2])
+        drawing = draw_visualizer(prediction.rgb, kept, self.predictor.metadata, scale=scale)
+        return np.ascontiguousarray(drawing[:, :, ::-1])
 
     def explain_view(
         self, prediction: Prediction, instance: int | None = None
@@ -224,7 +233,8 @@ class WebDemo:
         """The activation map with the Q query locations; `instance` (an index into all instances) highlighted."""
         if prediction.explanation is None:
             return None
-        return draw_explanation(prediction.rgb, prediction.explanation, highlight=instance)
+        scale = display_scale(*prediction.rgb.shape[:2])
+        return draw_explanation(prediction.rgb, prediction.explanation, instance, scale=scale)
 
     def describe(self, prediction: Prediction, threshold: float) -> str:
         n = len(self.kept(prediction, threshold))
@@ -308,7 +318,8 @@ def build_app(demo: WebDemo, threshold: float = 0.5, title: str = "FastInst"):
     def on_click(prediction, threshold, evt: gr.SelectData):
         if prediction is None:
             return gr.update(), gr.update(), ""
-        x, y = evt.index
+        scale = display_scale(*prediction.rgb.shape[:2])  # the picture is drawn this much larger
+        x, y = (int(v / scale) for v in evt.index)
         return show_instance(prediction, threshold, demo.instance_at(prediction, threshold, x, y))
 
     # delete_cache: Gradio removes uploads and results older than an hour from its cache, every hour
@@ -340,6 +351,7 @@ def build_app(demo: WebDemo, threshold: float = 0.5, title: str = "FastInst"):
                     with gr.Tab("Instances", id="instances"):
                         picture = gr.Image(
                             label="Prediction (click an instance)",
+                            height=IMAGE_HEIGHT,
                             interactive=False,
                             format="png",
                             elem_id="picture",
@@ -347,6 +359,7 @@ def build_app(demo: WebDemo, threshold: float = 0.5, title: str = "FastInst"):
                     with gr.Tab("Activation map", id="activation", elem_id="activation-tab"):
                         activation = gr.Image(
                             label="Proposal class probability (stride 16) and the Q query locations",
+                            height=IMAGE_HEIGHT,
                             interactive=False,
                             format="png",
                             elem_id="activation",

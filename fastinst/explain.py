@@ -221,23 +221,37 @@ def explain_image(predictor: Any, image: Any, format: str = "BGR") -> Explanatio
 
 
 def draw_explanation(
-    rgb: np.ndarray, explanation: Explanation, highlight: int | None = None, alpha: float = 0.55
+    rgb: np.ndarray,
+    explanation: Explanation,
+    highlight: int | None = None,
+    alpha: float = 0.55,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """The activation map over the image (JET colours: blue low, red high) with the Q query locations marked.
 
     Query locations are white rings; the queries that produced a kept instance are filled. `highlight`, an
     instance index, outlines that instance's mask and rings its query in magenta with a line to the instance's box
-    centre. Returns (H, W, 3) uint8 RGB.
+    centre. `scale` > 1 draws on an image that many times larger (for small images on a screen). Returns
+    (round(H * scale), round(W * scale), 3) uint8 RGB.
     """
     height, width = rgb.shape[:2]
-    heat = cv2.applyColorMap(
-        np.clip(explanation.activation_image * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET
-    )[:, :, ::-1]  # (H, W, 3) RGB
+    size = (round(width * scale), round(height * scale))  # cv2 order (w, h)
+    activation = explanation.activation_image
+    if size != (width, height):
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+        activation = cv2.resize(activation, size, interpolation=cv2.INTER_NEAREST)
+    heat = cv2.applyColorMap(np.clip(activation * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[
+        :, :, ::-1
+    ]  # (H, W, 3) RGB
     out = (rgb.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
     out = np.ascontiguousarray(out)
-    radius = max(3, round(0.35 * min(explanation.stride) * width / explanation.image_size[1]))
+    cell = (
+        min(explanation.stride) * scale * width / explanation.image_size[1]
+    )  # a cell in output pixels
+    radius = max(3, round(0.3 * cell))
+    points = explanation.query_points * scale  # (Q, 2)
     used = set(explanation.instance_queries.tolist())
-    for q, (x, y) in enumerate(explanation.query_points.tolist()):
+    for q, (x, y) in enumerate(points.tolist()):
         centre = (round(x), round(y))
         if q in used:
             cv2.circle(out, centre, radius, (255, 255, 255), cv2.FILLED, cv2.LINE_AA)
@@ -246,11 +260,14 @@ def draw_explanation(
     if highlight is not None and 0 <= highlight < len(explanation.instances):
         magenta = (255, 0, 255)
         mask = explanation.instances.pred_masks[highlight].numpy().astype(np.uint8)
+        if size != (width, height):
+            mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, magenta, 2, cv2.LINE_AA)
-        q = int(explanation.instance_queries[highlight])
-        x, y = explanation.query_points[q].tolist()
-        x0, y0, x1, y1 = explanation.instances.pred_boxes.tensor[highlight].tolist()
+        x, y = points[int(explanation.instance_queries[highlight])].tolist()
+        x0, y0, x1, y1 = (
+            v * scale for v in explanation.instances.pred_boxes.tensor[highlight].tolist()
+        )
         cv2.line(
             out, (round(x), round(y)), (round((x0 + x1) / 2), round((y0 + y1) / 2)), magenta, 1
         )

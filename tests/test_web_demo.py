@@ -78,6 +78,10 @@ def threshold(predictor, image_file):
     raise AssertionError(f"no usable threshold for scores {scores[:10]}")
 
 
+def display_scale(height, width):
+    return max(1.0, 400 / max(height, width))  # web.DISPLAY_SIZE
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -219,11 +223,10 @@ def test_page_in_browser(server, browser, predictor, image_file, threshold):
     WebDriverWait(browser, WAIT).until(lambda b: len(table_rows(b)) == len(expected))
     assert table_rows(browser) == expected
     height, width = cv2.imread(str(image_file)).shape[:2]
+    scale = display_scale(height, width)  # small images are drawn larger
     picture = browser.find_element(By.CSS_SELECTOR, "#picture img")
-    assert (picture.get_property("naturalWidth"), picture.get_property("naturalHeight")) == (
-        width,
-        height,
-    )
+    assert picture.get_property("naturalWidth") == pytest.approx(width * scale, abs=1)
+    assert picture.get_property("naturalHeight") == pytest.approx(height * scale, abs=1)
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "web_demo_instances.png"))
@@ -238,7 +241,7 @@ def test_page_in_browser(server, browser, predictor, image_file, threshold):
                 img.get_property("naturalWidth")
                 for img in b.find_elements(By.CSS_SELECTOR, "#activation img")
             ]
-            == [width]
+            == [round(width * scale)]
         )
     )
     browser.save_screenshot(str(ARTIFACTS / "web_demo_activation.png"))
@@ -287,8 +290,10 @@ def test_http_api(server, predictor, image_file, threshold):
     assert [[str(v) for v in row] for row in table["data"]] == expected
     assert table["headers"] == ["#", "class", "score", "box (x0, y0, x1, y1)", "area (px)", "query"]
     assert len(everything[2]["data"]) == len(predictor(str(image_file)))
-    assert cv2.imread(picture).shape == cv2.imread(str(image_file)).shape
-    assert cv2.imread(activation).shape == cv2.imread(str(image_file)).shape
+    height, width = cv2.imread(str(image_file)).shape[:2]
+    scale = display_scale(height, width)
+    assert cv2.imread(picture).shape == pytest.approx((height * scale, width * scale, 3), abs=1)
+    assert cv2.imread(activation).shape == (round(height * scale), round(width * scale), 3)
     assert f"{len(expected)} instance" in message
 
     predictor.score_threshold = threshold
@@ -384,4 +389,8 @@ def test_model_without_explanation(web, predictor, image_file, threshold):
         predictor.model = model
     rows = [[str(v) for v in row] for row in demo.table(prediction, threshold)]
     assert rows == [row[:5] + [""] for row in expected_rows(predictor, image_file, threshold)]
-    assert demo.picture(prediction, threshold).shape == cv2.imread(str(image_file)).shape
+    height, width = cv2.imread(str(image_file)).shape[:2]
+    scale = display_scale(height, width)
+    assert demo.picture(prediction, threshold).shape == pytest.approx(
+        (height * scale, width * scale, 3), abs=1
+    )
