@@ -69,3 +69,20 @@ def test_stats_of_a_generated_photo_like_set(tmp_path) -> None:
     # circumscribed diameter 5-12% of the side: sqrt(area) a little below that
     assert 0.03 < stats.object_rel < 0.1
     assert math.isclose(stats.object_size, stats.object_rel * stats.image_short, rel_tol=0.2)
+
+
+def test_registration_summary_has_the_sizes(tmp_path) -> None:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from fastinst.data import register_coco_json_dataset
+    from fastinst.data.synthetic import generate_synthetic_dataset
+
+    generate_synthetic_dataset(tmp_path, num_train=2, num_val=1, image_size=96, seed=0)
+    json_file = tmp_path / "annotations" / "instances_train.json"
+    try:
+        summary = register_coco_json_dataset("stats_train", json_file, tmp_path / "train")
+    finally:
+        DatasetCatalog.remove("stats_train")
+        MetadataCatalog.remove("stats_train")
+    assert summary["sizes"] == coco_dataset_stats(json_file).as_dict()
+    assert summary["sizes"]["image_short"] == 96

@@ -25,6 +25,7 @@ from typing import Any
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..dataset_stats import dataset_stats_from_dicts
 from .coco_validation import DatasetError, check_coco_json, listing
 
 __all__ = [
@@ -110,6 +111,14 @@ def _loader(json_file: str, image_root: str, name: str, stored: frozenset[str]):
     return load
 
 
+def _sizes(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Image and object sizes of the json (`DatasetStats`; None without a usable annotation)."""
+    try:
+        return dataset_stats_from_dicts(data["images"], data["annotations"]).as_dict()
+    except ValueError:
+        return None
+
+
 def register_coco_json_dataset(
     name: str,
     json_file: str | os.PathLike,
@@ -128,7 +137,9 @@ def register_coco_json_dataset(
     Re-registering a name replaces it.
 
     Returns:
-        The summary of `validate_coco_json` (`thing_classes`, `num_classes`, `warnings`, ...).
+        The summary of `validate_coco_json` (`thing_classes`, `num_classes`, `warnings`, ...), plus `sizes`:
+        the image and object sizes of `fastinst.data.dataset_stats.DatasetStats` as a dict (read from the
+        annotations; INPUT.AUTO_SIZE chooses input sizes from them).
 
     Raises:
         DatasetError: see `validate_coco_json`.
@@ -147,6 +158,7 @@ def register_coco_json_dataset(
     stored = frozenset(os.path.normpath(f) for f in check.stored_orientation_files)
     DatasetCatalog.register(name, _loader(registered_json, image_root, name, stored))
     summary = check.summary
+    summary["sizes"] = _sizes(check.data)
     MetadataCatalog.get(name).set(
         json_file=registered_json,
         source_json_file=json_file,
