@@ -460,7 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     app = build_app(WebDemo(predictor, args.max_pixels), args.confidence_threshold)
-    launch(app, args.host, args.port, args.max_file_mb)
+    try:
+        launch(app, args.host, args.port, args.max_file_mb)
+    except OSError as e:  # port taken, address not on this machine
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
