@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,8 @@ class Prediction:
 class WebDemo:
     """The page's logic around one `FastInstPredictor` (its score_threshold is set to 0: the page filters).
 
-    `predict` runs the model (serialised by a lock, also outside Gradio's queue); `view` draws a prediction at a
-    threshold; `explain_view` draws the activation map for one instance.
+    `predict` runs the model (serialised by a lock, also outside Gradio's queue); `table`, `picture`, `coco_json`
+    and `explain_view` give the page's outputs for a prediction at a threshold.
     """
 
     def __init__(self, predictor: FastInstPredictor, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -178,8 +179,6 @@ class WebDemo:
                 instances, seconds = explanation.instances, explanation.seconds
                 queries = explanation.instance_queries
             else:
-                import time
-
                 start = time.perf_counter()
                 instances = self.predictor(rgb, format="RGB")
                 seconds = time.perf_counter() - start
@@ -228,13 +227,19 @@ class WebDemo:
         return np.ascontiguousarray(drawing[:, :, ::-1])
 
     def explain_view(
-        self, prediction: Prediction, instance: int | None = None
+        self, prediction: Prediction, threshold: float, instance: int | None = None
     ) -> np.ndarray | None:
-        """The activation map with the Q query locations; `instance` (an index into all instances) highlighted."""
+        """The activation map with the Q query locations (filled: queries of kept instances); `instance` (an
+        index into all instances) highlighted. None without an explanation (ONNX)."""
         if prediction.explanation is None:
             return None
-        scale = display_scale(*prediction.rgb.shape[:2])
-        return draw_explanation(prediction.rgb, prediction.explanation, instance, scale=scale)
+        return draw_explanation(
+            prediction.rgb,
+            prediction.explanation,
+            instance,
+            scale=display_scale(*prediction.rgb.shape[:2]),
+            kept=self.kept(prediction, threshold),
+        )
 
     def describe(self, prediction: Prediction, threshold: float) -> str:
         n = len(self.kept(prediction, threshold))
@@ -281,7 +286,7 @@ def build_app(demo: WebDemo, threshold: float = 0.5, title: str = "FastInst"):
             return None, None, [], None, message or ""
         return (
             demo.picture(prediction, threshold),
-            demo.explain_view(prediction),
+            demo.explain_view(prediction, threshold),
             demo.table(prediction, threshold),
             demo.coco_json(prediction, threshold),
             message or demo.describe(prediction, threshold),
@@ -306,7 +311,7 @@ def build_app(demo: WebDemo, threshold: float = 0.5, title: str = "FastInst"):
             text = "The activation map needs the PyTorch model (not available for ONNX)."
             return gr.update(), None, text
         shown = gr.Tabs(selected="activation")
-        return shown, demo.explain_view(prediction, i), demo.query_text(prediction, i)
+        return shown, demo.explain_view(prediction, threshold, i), demo.query_text(prediction, i)
 
     def on_row(prediction, threshold, evt: gr.SelectData):
         if prediction is None:

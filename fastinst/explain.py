@@ -23,6 +23,7 @@ predictor's.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,13 +227,15 @@ def draw_explanation(
     highlight: int | None = None,
     alpha: float = 0.55,
     scale: float = 1.0,
+    kept: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The activation map over the image (JET colours: blue low, red high) with the Q query locations marked.
 
-    Query locations are white rings; the queries that produced a kept instance are filled. `highlight`, an
-    instance index, outlines that instance's mask and rings its query in magenta with a line to the instance's box
-    centre. `scale` > 1 draws on an image that many times larger (for small images on a screen). Returns
-    (round(H * scale), round(W * scale), 3) uint8 RGB.
+    Query locations are white rings; the queries that produced one of the `kept` instances (indices into
+    `explanation.instances`; default all of them) are filled. `highlight`, an instance index, outlines that
+    instance's mask and rings its query in magenta with a line to the instance's box centre. `scale` > 1 draws on
+    an image that many times larger (for small images on a screen). Returns (round(H * scale), round(W * scale),
+    3) uint8 RGB.
     """
     height, width = rgb.shape[:2]
     size = (round(width * scale), round(height * scale))  # cv2 order (w, h)
@@ -250,7 +253,8 @@ def draw_explanation(
     )  # a cell in output pixels
     radius = max(3, round(0.3 * cell))
     points = explanation.query_points * scale  # (Q, 2)
-    used = set(explanation.instance_queries.tolist())
+    queries = explanation.instance_queries
+    used = set((queries if kept is None else queries[np.asarray(kept, dtype=np.int64)]).tolist())
     for q, (x, y) in enumerate(points.tolist()):
         centre = (round(x), round(y))
         if q in used:

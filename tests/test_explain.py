@@ -126,6 +126,8 @@ def test_instances_and_their_queries(predictor, image):
         255,
         255,
     )  # filled ring at the chosen query of a kept instance
+    unfilled = draw_explanation(image, e, kept=[])  # no instance kept: rings only
+    assert tuple(unfilled[y, x]) != (255, 255, 255)
     highlighted = draw_explanation(image, e, highlight=0)
     assert (highlighted == (255, 0, 255)).all(
         axis=2

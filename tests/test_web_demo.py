@@ -384,7 +384,7 @@ def test_model_without_explanation(web, predictor, image_file, threshold):
         demo = web.WebDemo(predictor, MAX_PIXELS)
         assert not demo.can_explain
         prediction = demo.predict(image_file)
-        assert prediction.explanation is None and demo.explain_view(prediction) is None
+        assert prediction.explanation is None and demo.explain_view(prediction, threshold) is None
     finally:
         predictor.model = model
     rows = [[str(v) for v in row] for row in demo.table(prediction, threshold)]
