@@ -11,11 +11,12 @@ from detectron2.modeling import build_model
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from fastinst.checkpoint import CheckpointMismatchError
+from fastinst.checkpoint import METADATA_KEY, CheckpointMismatchError, CheckpointReadError
 from fastinst.predictor import (
     FastInstPredictor,
     UnreadableImageError,
     build_predictor_cfg,
+    dataset_metadata,
     instances_to_coco_results,
     resolve_config,
 )
@@ -182,6 +183,71 @@ def test_checkpoint_errors(tmp_path, checkpoint):
         FastInstPredictor(TINY_YAML, weights=tmp_path / "no_such_model.pth")
     with pytest.raises(FileNotFoundError, match="no_such_model.pth"):
         FastInstPredictor(TINY_YAML, opts=["MODEL.WEIGHTS", str(tmp_path / "no_such_model.pth")])
+
+
+def test_truncated_checkpoint_is_named(tmp_path, checkpoint):
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(open(checkpoint, "rb").read()[:5000])  # an interrupted download or copy
+    with pytest.raises(CheckpointReadError) as error:
+        FastInstPredictor(TINY_YAML, weights=truncated)
+    message = str(error.value)
+    assert message.startswith(f"{truncated}: cannot be read as a PyTorch checkpoint (5000 bytes;")
+    assert "probably incomplete" in message and "\n" not in message
+
+
+NAMES_AND_IDS = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 3, "DATASETS.TEST", ("not_registered",)]
+
+
+def test_dataset_metadata_sources(caplog):
+    # 1. the config keys that training writes into OUTPUT_DIR/config.yaml
+    cfg = build_predictor_cfg(
+        TINY_YAML,
+        [*NAMES_AND_IDS, "DATASETS.THING_CLASSES", ["round", "angular", "other"]]
+        + ["DATASETS.THING_DATASET_IDS", [5, 7, 9]],
+    )
+    meta = dataset_metadata(cfg)
+    assert meta.thing_classes == ["round", "angular", "other"]
+    assert meta.thing_dataset_id_to_contiguous_id == {5: 0, 7: 1, 9: 2}
+    # 2. the record of a checkpoint, used with another config
+    record = {"thing_classes": ["a", "b", "c"], "thing_dataset_ids": [2, 4, 6]}
+    meta = dataset_metadata(build_predictor_cfg(TINY_YAML, NAMES_AND_IDS), record)
+    assert meta.thing_classes == ["a", "b", "c"]
+    assert meta.thing_dataset_id_to_contiguous_id == {2: 0, 4: 1, 6: 2}
+    # 3. official configs: COCO's names and ids, from the registered dataset
+    coco = dataset_metadata(build_predictor_cfg("fastinst_R50_ppm-fpn_x1_576"))
+    assert len(coco.thing_classes) == 80 and coco.thing_classes[:2] == ["person", "bicycle"]
+    assert coco.thing_dataset_id_to_contiguous_id[90] == 79
+    # 4. nothing known: stand-ins, and a warning that says so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastinst.predictor"):
+        meta = dataset_metadata(build_predictor_cfg(TINY_YAML, NAMES_AND_IDS))
+    assert meta.thing_classes == ["class 0", "class 1", "class 2"]
+    assert meta.get("thing_dataset_id_to_contiguous_id") is None
+    assert "stand-ins" in caplog.text and "'not_registered' is not registered" in caplog.text
+    with pytest.raises(ValueError, match="THING_DATASET_IDS"):
+        dataset_metadata(
+            build_predictor_cfg(
+                TINY_YAML,
+                [*NAMES_AND_IDS, "DATASETS.THING_CLASSES", ["a", "b", "c"]]
+                + ["DATASETS.THING_DATASET_IDS", [1, 1, 2]],
+            )
+        )
+
+
+def test_checkpoint_record_names_the_classes_and_ids(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = build_model(build_predictor_cfg(TINY_YAML, NAMES_AND_IDS))
+    path = tmp_path / "custom.pth"
+    record = {"thing_classes": ["round", "angular", "other"], "thing_dataset_ids": [5, 7, 9]}
+    torch.save({"model": model.state_dict(), METADATA_KEY: record}, path)
+    with caplog.at_level(logging.WARNING, logger="fastinst.predictor"):
+        predictor = FastInstPredictor(
+            TINY_YAML, weights=path, score_threshold=0, opts=NAMES_AND_IDS
+        )
+    assert "stand-ins" not in caplog.text
+    assert predictor.metadata.thing_classes == ["round", "angular", "other"]
+    results = predictor.to_coco_results(rgb_image(seed=2), format="RGB")
+    assert results and {r["category_id"] for r in results} <= {5, 7, 9}
 
 
 def test_config_resolution():
