@@ -1,10 +1,16 @@
-"""fastinst.checkpoint: optimizer state of another shape is refused before anything is applied."""
+"""fastinst.checkpoint: optimizer state of another shape is refused before anything is applied; a truncated
+weights file is one line in the export tool (the other entry points: tests/test_train_net.py, test_predictor.py,
+test_demo.py, tests/tools/test_convert.py)."""
 
 import pytest
 import torch
+from detectron2.modeling import build_model
 from torch import nn
 
 from fastinst.checkpoint import CheckpointMismatchError, guard_optimizer_state
+from fastinst.export.cli import main as export_main
+from fastinst.predictor import build_predictor_cfg
+from tests.conftest import REPO
 
 
 def trained_optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -32,3 +38,23 @@ def test_optimizer_state_of_another_shape_is_refused():
     guard_optimizer_state(optimizer, same)
     optimizer.load_state_dict(saved)  # the same shapes load as before
     assert torch.equal(optimizer.state[same[1].weight]["exp_avg"], saved["state"][2]["exp_avg"])
+
+
+def test_export_names_a_truncated_weights_file(tmp_path, capsys):
+    config = REPO / "tests" / "export" / "tiny.yaml"
+    whole = tmp_path / "whole.pth"
+    torch.save(
+        {"model": build_model(build_predictor_cfg(config, device="cpu")).state_dict()}, whole
+    )
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(whole.read_bytes()[:5000])
+    out = tmp_path / "model.onnx"
+    code = export_main(
+        ["--config-file", str(config), "--output", str(out), "MODEL.WEIGHTS", str(truncated)]
+    )
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(
+        f"error: {truncated}: cannot be read as a PyTorch checkpoint (5000 bytes"
+    )
+    assert not out.exists()

@@ -162,6 +162,21 @@ def test_input_extension_opencv_cannot_write_gets_a_jpg_drawing(demo, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["photo.jpg"]
 
 
+def test_truncated_weights_are_one_line(demo, tmp_path, capsys, checkpoint):
+    truncated = tmp_path / "model.pth"
+    truncated.write_bytes(open(checkpoint, "rb").read()[:5000])
+    image = tmp_path / "photo.png"
+    write_image(image)
+    args = ["--input", str(image), "--output", str(tmp_path / "out"), "--device", "cpu"]
+    args += ["--config-file", str(TINY_YAML), "--opts", "MODEL.WEIGHTS", str(truncated)]
+    assert demo["main"](args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"error: {truncated}: cannot be read as a PyTorch checkpoint (5000 bytes"
+    )
+
+
 def test_expand_inputs(demo, tmp_path):
     for name in ("b.png", "a.jpg", "c.txt", ".hidden.png"):
         (tmp_path / name).write_bytes(b"")
