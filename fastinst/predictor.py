@@ -352,6 +352,20 @@ class FastInstPredictor:
             cuda = self.cfg.MODEL.DEVICE.startswith("cuda")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
             return OnnxFastInst(weights, providers=providers, bool_masks=True)
+        if weights.endswith(".xml"):  # an OpenVINO IR (tools/export_model.py --format openvino)
+            from fastinst.export import OpenVinoFastInst
+
+            if precision not in ("fp32", "bf16") or compile:
+                raise ValueError(
+                    "An OpenVINO model runs in fp32 or bf16 without compile: use precision='fp32' "
+                    "(or 'bf16'), compile=False."
+                )
+            if self.cfg.INPUT.FORMAT != "RGB":
+                raise ValueError(
+                    "OpenVINO models take RGB input; the config's INPUT.FORMAT must be 'RGB'."
+                )
+            hint = "bf16" if precision == "bf16" else "f32"
+            return OpenVinoFastInst(weights, bool_masks=True, inference_precision=hint)
         if weights in BACKBONE_PRETRAINS:
             raise ValueError(
                 f"MODEL.WEIGHTS is {weights}, the ImageNet backbone used to start training, not a FastInst "

@@ -4,8 +4,13 @@
         --output fastinst_r50_x1.onnx --input-size 576 768 MODEL.WEIGHTS fastinst_R50_ppm-fpn_x1_576.pth
 
 Formats: "onnx" (default; fixed size, or any size with --dynamic), "torchscript" (traced at --input-size),
-"pt2" (`torch.export.save`; fixed size, or any size with --dynamic). After writing, the file is run once on a
-random image and compared with the PyTorch model (--no-verify skips this).
+"pt2" (`torch.export.save`; fixed size, or any size with --dynamic), "openvino" (an OpenVINO IR .xml + .bin
+converted from the ONNX export; with --int8 --calibration SOURCE quantized by NNCF). After writing, the file is run
+once on a random image and compared with the PyTorch model (--no-verify skips this; an INT8 IR is reported, not
+held to the fp32 tolerance).
+
+    python tools/export_model.py --config-file output/quickstart/config.yaml --format openvino --dynamic \
+        --output model_int8.xml --int8 --calibration synthetic_train MODEL.WEIGHTS output/quickstart/model_final.pth
 """
 
 import argparse
@@ -13,15 +18,24 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 logger = logging.getLogger("fastinst.export")
 
-FORMATS = ("onnx", "torchscript", "pt2")
+# keys of fastinst.export.openvino_model.FP32_SCOPES and its default (repeated so that --help imports no openvino)
+OPENVINO_SCOPES = (
+    "backbone", "pixel-decoder", "query-proposal", "decoder-attention", "decoder-ffn", "class-head",
+    "mask-head",
+)  # fmt: skip
+OPENVINO_DEFAULT_KEEP = ("mask-head",)
+
+FORMATS = ("onnx", "torchscript", "pt2", "openvino")
 VERIFY_TOLERANCE = 1e-4  # relative; measured: ~1e-6 (R18/R50), ~5e-6 (R50-vd-DCN)
 # Near-tied proposal scores (common with random weights) can change which location wins the last top-Q slots
 VERIFY_MIN_MATCHED = 0.9
@@ -29,7 +43,7 @@ VERIFY_MIN_MATCHED = 0.9
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Export a FastInst model to ONNX, TorchScript or torch.export (.pt2).",
+        description="Export a FastInst model to ONNX, TorchScript, torch.export (.pt2) or OpenVINO IR.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Trailing KEY VALUE pairs override the config, e.g. MODEL.WEIGHTS model.pth.",
     )
@@ -55,6 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=19,
         help="ONNX opset of the written file: 18 or higher (19 or higher for DCN backbones); a lower one "
         "is refused (torch's exporter implements 18 and later)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="openvino: quantize to INT8 with NNCF post-training quantization (needs --calibration)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="SOURCE",
+        help="--int8: an image folder or a registered dataset name (e.g. synthetic_train); images are "
+        "resized as at test time (INPUT.MIN/MAX_SIZE_TEST)",
+    )
+    parser.add_argument(
+        "--calibration-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="--int8: number of calibration images, spread evenly over the source (default 64)",
+    )
+    parser.add_argument(
+        "--keep-fp32",
+        nargs="*",
+        metavar="SCOPE",
+        help="--int8: parts kept in floating point, from: "
+        f"{', '.join(sorted(OPENVINO_SCOPES))} (default: {' '.join(OPENVINO_DEFAULT_KEEP)}; "
+        "none: pass the option without a scope)",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -133,10 +173,66 @@ def verify(model: torch.nn.Module, path, fmt: str, input_size: tuple[int, int]) 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated")
             got = [t.numpy() for t in torch.jit.load(str(path))(image)]
+    elif fmt == "openvino":
+        from fastinst.export.openvino_model import OpenVinoFastInst
+
+        got = list(OpenVinoFastInst(path).run_graph(image.numpy()))
     else:
         with torch.no_grad():
             got = [t.numpy() for t in torch.export.load(str(path)).module()(image)]
     return query_errors(got, expected)
+
+
+def check_args(args) -> str | None:
+    """The usage error of a combination of options, or None."""
+    if args.dynamic and args.format == "torchscript":
+        return "--dynamic is for --format onnx, pt2 or openvino (TorchScript is traced at one size)"
+    if args.format == "openvino" and not str(args.output).endswith(".xml"):
+        return f"--format openvino writes an IR: --output must end in .xml, got {args.output}"
+    if args.int8 and args.format != "openvino":
+        return "--int8 is for --format openvino"
+    if args.int8 and not args.calibration:
+        return (
+            "--int8 needs --calibration (an image folder or a dataset name, e.g. synthetic_train)"
+        )
+    if (args.calibration or args.keep_fp32 is not None) and not args.int8:
+        return "--calibration and --keep-fp32 are for --int8"
+    if args.calibration_size < 1:
+        return f"--calibration-size must be at least 1, got {args.calibration_size}"
+    unknown = [s for s in args.keep_fp32 or () if s not in OPENVINO_SCOPES]
+    if unknown:
+        return f"unknown --keep-fp32 scope(s) {unknown}; choose from {', '.join(OPENVINO_SCOPES)}"
+    return None
+
+
+def export_openvino(model, cfg, args, input_size) -> Path:
+    """ONNX export to a temporary folder beside the output, then the IR (INT8 with --int8)."""
+    from fastinst.export.exporter import export_onnx
+    from fastinst.export.openvino_model import (
+        calibration_images,
+        calibration_inputs,
+        onnx_to_openvino,
+        read_onnx_metadata,
+    )
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    images = calibration_images(args.calibration, args.calibration_size) if args.int8 else None
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as tmp:
+        onnx_path = export_onnx(
+            model,
+            Path(tmp) / "model.onnx",
+            input_size,
+            dynamic=args.dynamic,
+            opset_version=args.opset,
+        )
+        calibration = None
+        if images is not None:
+            test_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+            calibration = calibration_inputs(images, read_onnx_metadata(onnx_path), test_size)
+            print(f"calibration: {len(calibration)} images from {args.calibration}")
+        keep = tuple(args.keep_fp32) if args.keep_fp32 is not None else OPENVINO_DEFAULT_KEEP
+        return onnx_to_openvino(onnx_path, output, calibration, keep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,15 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # "Skipping constant folding ..." notes
-    if args.dynamic and args.format == "torchscript":
-        print(
-            "error: --dynamic is for --format onnx or pt2 (TorchScript is traced at one size)",
-            file=sys.stderr,
-        )
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    usage_error = check_args(args)
+    if usage_error:
+        print(f"error: {usage_error}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:
         cfg = setup_cfg(args)
+        if args.int8:  # a bad calibration source is refused before the export's minutes
+            from fastinst.export.openvino_model import calibration_images
+
+            calibration_images(args.calibration, args.calibration_size)
         input_size = tuple(args.input_size) if args.input_size else default_input_size(cfg)
         model = build_model_for_export(cfg)
         if args.format == "onnx":
@@ -168,20 +267,32 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.format == "torchscript":
             path = export_torchscript(model, args.output, input_size)
+        elif args.format == "openvino":
+            path = export_openvino(model, cfg, args, input_size)
         else:
             path = export_pt2(model, args.output, input_size, dynamic=args.dynamic)
-    except (ValueError, FileNotFoundError) as e:  # bad config, weights or size: no traceback
+    except (
+        ValueError,
+        FileNotFoundError,
+    ) as e:  # bad config, weights, size or calibration: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     size_mb = path.stat().st_size / 2**20
-    print(f"Wrote {path} ({args.format}, {size_mb:.1f} MiB) in {time.perf_counter() - start:.0f} s")
+    if args.format == "openvino":
+        size_mb += path.with_suffix(".bin").stat().st_size / 2**20
+    kind = f"{args.format}{' int8' if args.int8 else ''}"
+    print(f"Wrote {path} ({kind}, {size_mb:.1f} MiB) in {time.perf_counter() - start:.0f} s")
     print("metadata: " + json.dumps(export_metadata(model, input_size, args.dynamic)))
     if not args.no_verify:
         errors = verify(model, path, args.format, input_size)
         ok = errors <= VERIFY_TOLERANCE
+        summary = f"median error {np.median(errors):.1e}, max {errors.max():.1e}"
+        if args.int8:
+            print(f"verify: INT8 vs PyTorch fp32 (not held to the fp32 tolerance): {summary}")
+            return 0
         print(
             f"verify: {ok.sum()}/{len(ok)} queries within {VERIFY_TOLERANCE:g} of PyTorch (relative); "
-            f"median error {np.median(errors):.1e}, max {errors.max():.1e}"
+            + summary
         )
         if ok.mean() < VERIFY_MIN_MATCHED:
             print(

@@ -23,6 +23,18 @@ from fastinst.export.postprocess import instance_postprocess
 from fastinst.modeling.postprocessing import instance_inference
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (runtimes raise multi-line messages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """FileNotFoundError (one line naming `path`) if the exported model file does not exist."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Exported model file not found: {path}")
+
+
 class OnnxFastInst:
     """FastInst inference with onnxruntime.
 
@@ -53,19 +65,29 @@ class OnnxFastInst:
     ):
         import onnxruntime as ort
 
+        check_model_file(path)
         options = ort.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = int(num_threads)
-        self.session = ort.InferenceSession(
-            os.fspath(path), options, providers=providers or ["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                os.fspath(path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+            raise ValueError(f"onnxruntime cannot read the model {path}: {first_line(e)}") from e
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise ValueError(
                 f"{path} has no '{METADATA_KEY}' metadata: export it with tools/export_model.py "
                 "(fastinst.export.export_onnx)."
             )
-        self.metadata = json.loads(props[METADATA_KEY])
+        self._setup(json.loads(props[METADATA_KEY]), pad_to_input_size, bool_masks, postprocess)
+
+    def _setup(
+        self, metadata: dict, pad_to_input_size: bool, bool_masks: bool, postprocess: str
+    ) -> None:
+        """What every runtime shares: the export metadata and the input / output options."""
+        self.metadata = metadata
         self.pad_to_input_size = pad_to_input_size
         self.bool_masks = bool_masks
         if postprocess not in ("torch", "numpy"):
@@ -124,8 +146,8 @@ class OnnxFastInst:
 
     # -- inference --
 
-    def run(self, image) -> tuple[np.ndarray, np.ndarray]:
-        """The raw graph outputs for one (3, h, w) RGB image: pred_logits (Q, K+1), pred_masks (Q, H8, W8)."""
+    def graph_input(self, image) -> np.ndarray:
+        """One (3, h, w) RGB image -> the (1, 3, H, W) float32 graph input, padded with the pixel mean."""
         x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if x.ndim != 3 or x.shape[0] != 3:
             raise ValueError(f"Expected a (3, H, W) RGB image, got shape {tuple(x.shape)}.")
@@ -134,7 +156,16 @@ class OnnxFastInst:
         padded = np.empty((1, 3, gh, gw), dtype=np.float32)
         padded[0] = self._mean  # normalises to exactly 0, the model's padding value
         padded[0, :, :h, :w] = x
-        logits, masks = self.session.run(None, {self.metadata["input_name"]: padded})
+        return padded
+
+    def run_graph(self, graph_input: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The runtime call: (1, 3, H, W) float32 -> pred_logits (1, Q, K+1), pred_masks (1, Q, H8, W8)."""
+        logits, masks = self.session.run(None, {self.metadata["input_name"]: graph_input})
+        return logits, masks
+
+    def run(self, image) -> tuple[np.ndarray, np.ndarray]:
+        """The raw graph outputs for one (3, h, w) RGB image: pred_logits (Q, K+1), pred_masks (Q, H8, W8)."""
+        logits, masks = self.run_graph(self.graph_input(image))
         return logits[0], masks[0]
 
     def __call__(self, image, height: int | None = None, width: int | None = None) -> Instances:

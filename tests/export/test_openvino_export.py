@@ -1,0 +1,256 @@
+"""OpenVINO IR export (fp32 and NNCF INT8), `OpenVinoFastInst`, the predictor with a .xml, and bad input.
+
+Tolerances (measured values in brackets, tiny R18 model, CPU):
+- fp32 IR raw outputs: as the ONNX export, max |IR - PyTorch| <= 1e-4 x max |PyTorch| [~1e-6]; instances as in
+  test_onnx_export.py.
+- INT8 IR vs the fp32 IR on a briefly trained model: every fp32 instance with score >= 0.3 has an INT8 instance
+  of the same class with mask IoU >= 0.7 [see INT8_* constants], matched greedily by IoU.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastinst.export import (
+    OpenVinoFastInst,
+    export_onnx,
+    onnx_to_openvino,
+    read_onnx_metadata,
+    read_openvino_metadata,
+)
+from fastinst.export.cli import main as cli_main
+from fastinst.export.openvino_model import calibration_images, calibration_inputs
+from tests.conftest import REPO, load_recipe_weights, random_image, tiny_model
+from tests.export.test_onnx_export import (
+    TINY_YAML,
+    assert_instances_match,
+    assert_raw_outputs_match,
+    pytorch_instances,
+)
+
+EXPORT_TOOL = REPO / "tools" / "export_model.py"
+INT8_MIN_SCORE = 0.3  # fp32 instances compared
+INT8_MIN_IOU = 0.7  # mask IoU of a matched INT8 instance
+INT8_MIN_MATCHED = 0.9  # share of the fp32 instances that must be matched
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = tiny_model()
+    load_recipe_weights(m)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """(onnx, fp32 IR) of the tiny model at a fixed 64 x 96."""
+    folder = tmp_path_factory.mktemp("ov")
+    onnx_path = export_onnx(model, folder / "tiny.onnx", (64, 96))
+    return onnx_path, onnx_to_openvino(onnx_path, folder / "tiny.xml")
+
+
+def test_ir_has_the_onnx_inputs_outputs_and_metadata(exported):
+    import openvino as ov
+
+    onnx_path, xml = exported
+    assert xml.with_suffix(".bin").is_file()
+    assert read_openvino_metadata(xml) == {**read_onnx_metadata(onnx_path), "precision": "fp32"}
+    ov_model = ov.Core().read_model(str(xml))
+    assert [p.get_any_name() for p in ov_model.inputs] == ["image"]
+    assert list(ov_model.inputs[0].get_shape()) == [1, 3, 64, 96]
+    assert [p.get_any_name() for p in ov_model.outputs] == ["pred_logits", "pred_masks"]
+    assert [list(p.get_shape()) for p in ov_model.outputs] == [[1, 16, 6], [1, 16, 8, 12]]
+    assert str(ov_model.outputs[1].get_element_type()) == "<Type: 'float32'>"
+
+
+def test_fp32_ir_matches_pytorch(model, exported):
+    runner = OpenVinoFastInst(exported[1], postprocess="numpy")
+    image = random_image(64, 96, seed=3).float()
+    assert_raw_outputs_match(model, runner.run, image)
+    assert_instances_match(runner(image, 128, 190), pytorch_instances(model, image, 128, 190))
+
+
+def test_predictor_runs_an_openvino_model(model, exported, tmp_path):
+    """FastInstPredictor(weights="model.xml") runs the IR and agrees with the PyTorch predictor."""
+    from fastinst import FastInstPredictor
+
+    weights = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    opts = [
+        "INPUT.MIN_SIZE_TEST",
+        64,
+        "INPUT.MAX_SIZE_TEST",
+        96,
+    ]  # the 64 x 96 image is not resized
+    image = random_image(64, 96, 7).permute(1, 2, 0).numpy()  # HWC
+    ref = FastInstPredictor(str(TINY_YAML), weights=weights, score_threshold=0.0, opts=opts)(image)
+    ov_pred = FastInstPredictor(str(TINY_YAML), weights=exported[1], score_threshold=0.0, opts=opts)
+    got = ov_pred(image)
+    assert len(got) == len(ref) > 0
+    np.testing.assert_allclose(got.scores.numpy(), ref.scores.numpy(), rtol=0, atol=1e-4)
+    assert got.pred_masks.dtype == torch.bool
+    assert (got.pred_masks == ref.pred_masks).float().mean() >= 0.999
+    with pytest.raises(ValueError, match="without compile"):
+        FastInstPredictor(str(TINY_YAML), weights=exported[1], compile=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_unreadable_model_files_are_named(tmp_path):
+    from fastinst import FastInstPredictor
+
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<net><layers>")  # cut short
+    with pytest.raises(ValueError, match=f"OpenVINO cannot read the model {broken}: "):
+        OpenVinoFastInst(broken)
+    with pytest.raises(ValueError, match=f"OpenVINO cannot read the model {broken}"):
+        FastInstPredictor(str(TINY_YAML), weights=broken)
+    with pytest.raises(FileNotFoundError, match="Exported model file not found: .*missing.xml"):
+        OpenVinoFastInst(tmp_path / "missing.xml")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not an onnx file")
+    with pytest.raises(ValueError, match=f"onnxruntime cannot read the model {garbage}: "):
+        FastInstPredictor(str(TINY_YAML), weights=garbage)
+
+
+def test_cli_refuses_bad_calibration_sources(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    missing = tmp_path / "missing"
+    base = ["--config-file", str(TINY_YAML), "--format", "openvino", "--int8"]
+    output = ["--output", str(tmp_path / "int8.xml")]
+    assert cli_main(base + output + ["--calibration", str(missing)]) == 2
+    assert cli_main(base + output + ["--calibration", str(empty)]) == 2
+    assert cli_main(base + output) == 2  # --int8 without --calibration
+    assert cli_main(base + ["--output", str(tmp_path / "int8.onnx"), "--calibration", "x"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"error: Calibration source not found: {missing} is neither a folder nor a registered dataset "
+        "name (e.g. synthetic_train).",
+        f"error: Calibration folder {empty} has no images (.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff).",
+        "error: --int8 needs --calibration (an image folder or a dataset name, e.g. synthetic_train)",
+        f"error: --format openvino writes an IR: --output must end in .xml, got {tmp_path / 'int8.onnx'}",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------------------
+# INT8 on a briefly trained model
+
+COLOURS = np.array([[230, 40, 40], [40, 200, 40], [40, 60, 230], [230, 220, 40], [200, 40, 220]])
+
+
+def shapes_sample(rng: np.random.Generator, size: int = 128):
+    """An image (size x size RGB uint8) with 1-3 filled rectangles whose colour is the class, and its targets."""
+    from detectron2.structures import Instances
+
+    image = np.full((size, size, 3), 110, np.uint8) + rng.integers(0, 30, (size, size, 1), np.uint8)
+    count = int(rng.integers(1, 4))
+    classes = rng.integers(0, len(COLOURS), count)
+    masks = np.zeros((count, size, size), bool)
+    for i, c in enumerate(classes):
+        h, w = rng.integers(size // 5, size // 2, 2)
+        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+        masks[i, y : y + h, x : x + w] = True
+        masks[:i] &= ~masks[i]  # later rectangles occlude earlier ones
+        image[masks[i]] = COLOURS[c]
+    instances = Instances((size, size))
+    instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
+    instances.gt_masks = torch.from_numpy(masks)
+    return image, instances
+
+
+def train_briefly(iterations: int = 40) -> torch.nn.Module:
+    """The tiny model trained on random coloured rectangles (batch 2, AdamW): seconds on 2 cores."""
+    model = tiny_model(train=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(iterations):
+        batch = []
+        for _ in range(2):
+            image, instances = shapes_sample(rng)
+            tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float()
+            batch.append({"image": tensor, "instances": instances, "height": 128, "width": 128})
+        losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def match_by_iou(ref, got) -> list[float]:
+    """For each instance of `ref` (in score order), the mask IoU of the best unused instance of `got` with the
+    same class (0 if none): greedy matching."""
+    ref_masks = ref.pred_masks.flatten(1).float()  # (k, HW)
+    got_masks = got.pred_masks.flatten(1).float()  # (m, HW)
+    inter = ref_masks @ got_masks.T  # (k, m)
+    union = ref_masks.sum(1)[:, None] + got_masks.sum(1)[None] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+    iou[ref.pred_classes[:, None] != got.pred_classes[None]] = 0
+    used, best = set(), []
+    for i in range(len(ref)):
+        order = [j for j in torch.argsort(iou[i], descending=True).tolist() if j not in used]
+        j = order[0] if order else None
+        best.append(float(iou[i, j]) if j is not None else 0.0)
+        if j is not None and iou[i, j] > 0:
+            used.add(j)
+    return best
+
+
+def test_int8_matches_fp32_on_a_trained_model(tmp_path):
+    model = train_briefly()
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(shapes_sample(rng)[0]).save(folder / f"{i}.png")
+    onnx_path = export_onnx(model, tmp_path / "trained.onnx", (128, 128))
+    fp32 = OpenVinoFastInst(onnx_to_openvino(onnx_path, tmp_path / "fp32.xml"))
+    images = calibration_images(folder)
+    inputs = calibration_inputs(images, read_onnx_metadata(onnx_path), (128, 128))
+    assert len(inputs) == 8 and inputs[0].shape == (1, 3, 128, 128)
+    int8_xml = onnx_to_openvino(onnx_path, tmp_path / "int8.xml", calibration=inputs)
+    meta = read_openvino_metadata(int8_xml)
+    assert meta["precision"] == "int8" and meta["keep_fp32"] == ["mask-head"]
+    int8 = OpenVinoFastInst(int8_xml)
+    ious = []
+    rng = np.random.default_rng(2)
+    for _ in range(4):
+        image = torch.from_numpy(shapes_sample(rng)[0].transpose(2, 0, 1).copy()).float()
+        ref, got = fp32(image), int8(image)
+        ref = ref[ref.scores >= INT8_MIN_SCORE]
+        ious += match_by_iou(ref, got)
+    assert len(ious) >= 4, "the trained model should find the rectangles"
+    matched = np.mean(np.asarray(ious) >= INT8_MIN_IOU)
+    assert matched >= INT8_MIN_MATCHED, f"{matched:.2f} of {len(ious)} instances matched: {ious}"
+
+
+@pytest.mark.slow  # ~20 s: a subprocess, an export and a quantization
+def test_cli_writes_an_int8_ir(model, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(random_image(70, 100, i).permute(1, 2, 0).numpy()).save(folder / f"{i}.jpg")
+    weights = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    output = tmp_path / "out" / "tiny_int8.xml"
+    cmd = [
+        sys.executable, str(EXPORT_TOOL), "--config-file", str(TINY_YAML), "--format", "openvino",
+        "--output", str(output), "--input-size", "64", "96", "--int8", "--calibration", str(folder),
+        "--calibration-size", "2", "MODEL.WEIGHTS", str(weights),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "calibration: 2 images from" in proc.stdout and "verify: INT8" in proc.stdout
+    meta = read_openvino_metadata(output)
+    assert meta["precision"] == "int8" and meta["calibration_size"] == 2
+    assert sorted(p.name for p in output.parent.iterdir()) == ["tiny_int8.bin", "tiny_int8.xml"]
+    assert Path(output).stat().st_size > 0
