@@ -14,8 +14,9 @@ timings and memory do not depend on the weights, except through how many instanc
   applies the threshold.
 
 Printed per path: RSS after the model is built, peak RSS after the runs, their difference (what inference
-costs), and the median seconds of the network (pre-processing and backbone to decoder) and of the post-processing
-(`FastInst.postprocess`), plus the number of instances kept. The image is a smooth random photo-like array
+costs), and the median seconds of the post-processing (`FastInst.postprocess`) and of the rest ("network":
+pre-processing, backbone to decoder and, for old, the predictor's bool copy of the masks), plus the number of
+instances kept. The image is a smooth random photo-like array
 (seeded), passed as a numpy array, so no decoder memory is counted.
 """
 
