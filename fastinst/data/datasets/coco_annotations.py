@@ -37,28 +37,34 @@ def is_number(x: Any) -> bool:
     return type(x) in _PLAIN_NUMBERS and math.isfinite(x)
 
 
-def decode_rle_string(s: str) -> list[int] | None:
-    """Counts of a compressed COCO RLE string (pycocotools' rleFrString, maskApi.c); None if malformed."""
-    counts: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                return None
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+def rle_string_total(s: str | bytes) -> int | None:
+    """Sum of the counts of a compressed COCO RLE string; None if malformed or a count is negative.
+
+    The format is pycocotools' rleToString / rleFrString (maskApi.c): each count is a little-endian run of 5-bit
+    chunks stored as chr(48 + chunk), bit 0x20 = another chunk follows, bit 0x10 of the last chunk = negative;
+    from the fourth count on, each is stored as the difference to the count two places before. Vectorised with
+    numpy (a per-character Python loop costs ~300 us per COCO-sized mask).
+    """
+    c = np.frombuffer(s.encode("ascii", "replace") if isinstance(s, str) else s, np.uint8)
+    c = c.astype(np.int64) - 48
+    if c.size == 0:
+        return 0
+    if c.min() < 0 or c.max() >= 64 or c[-1] & 0x20:
+        return None  # a character outside the alphabet, or the string ends inside a count
+    ends = np.flatnonzero((c & 0x20) == 0)  # (M,) the last chunk of each count
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    k = np.arange(c.size) - np.repeat(starts, ends - starts + 1)  # chunk index within its count
+    if k.max() > 11:
+        return None  # more than 60 bits: not a count of a real mask
+    raw = np.add.reduceat((c & 0x1F) << (5 * k), starts)  # (M,) the unsigned values
+    negative = (c[ends] & 0x10) != 0
+    raw = raw - (negative.astype(np.int64) << (5 * (k[ends] + 1)))
+    counts = raw.copy()
+    counts[3::2] = np.cumsum(raw[1::2])[1:]  # counts[m] = raw[m] + counts[m - 2] for m > 2
+    counts[4::2] = np.cumsum(raw[2::2])[1:]
+    if counts.min() < 0:
+        return None
+    return int(counts.sum())
 
 
 def rle_of(segm: dict, height: int, width: int) -> tuple[Any, str]:
@@ -74,19 +80,17 @@ def rle_of(segm: dict, height: int, width: int) -> tuple[Any, str]:
     if isinstance(counts, list):
         if not (set(map(type, counts)) <= {int} and (not counts or min(counts) >= 0)):
             return None, "annotations whose RLE counts are not non-negative integers|"
-        values = counts
+        total = sum(counts)
     elif isinstance(counts, str | bytes):
-        text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
-        values = decode_rle_string(text)
-        if values is None or any(v < 0 for v in values):
+        total = rle_string_total(counts)
+        if total is None:
             return (
                 None,
                 "annotations whose compressed RLE counts are not a valid pycocotools string|",
             )
-        counts = text.encode("ascii")
+        counts = counts.encode("ascii") if isinstance(counts, str) else counts
     else:
         return None, "annotations with an RLE that lacks 'counts' (a list or a string)|"
-    total = int(sum(values))
     if total != height * width:
         return None, (
             "annotations whose RLE counts do not add up to their image's pixel count"
