@@ -21,6 +21,8 @@ from detectron2.evaluation import (
 )
 from detectron2.utils import comm
 
+from fastinst.data.datasets import DatasetError
+
 INSTANCE_EVALUATOR_TYPES = ("coco", "coco_panoptic_seg", "lvis", "cityscapes_instance")
 
 
@@ -84,7 +86,8 @@ def make_coco_gt_evaluable(coco_gt, dataset_name: str) -> None:
 class ProgressLoader:
     """Wraps a test data loader so that iterating it shows a tqdm progress bar (main process only).
 
-    `len()` is passed through because detectron2's `inference_on_dataset` needs it.
+    `len()` is passed through because detectron2's `inference_on_dataset` needs it. A `DatasetError` from a
+    loader worker (an image that cannot be decoded) is raised again as its one-line message.
     """
 
     def __init__(self, loader: Iterable, desc: str) -> None:
@@ -98,4 +101,14 @@ class ProgressLoader:
         from tqdm import tqdm
 
         disable = not comm.is_main_process()
-        yield from tqdm(self.loader, desc=self.desc, total=len(self), disable=disable, leave=False)
+        try:
+            yield from tqdm(
+                self.loader, desc=self.desc, total=len(self), disable=disable, leave=False
+            )
+        except DatasetError as e:
+            # From a loader worker, torch re-raises it with the worker's traceback in the message: keep the
+            # one line that names the file (InstanceTestDatasetMapper's), so train_net prints one line.
+            lines = str(e).strip().splitlines()
+            if len(lines) > 1:
+                raise DatasetError(lines[-1].split(": ", 1)[-1]) from None
+            raise

@@ -4,7 +4,8 @@
 - `ade20k_instance_train`, `ade20k_instance_val`: ADE20K instance segmentation.
 
 COCO (`coco_2017_*`) and Cityscapes come from detectron2's builtin registrations. Your own COCO-format json:
-`register_coco_json_dataset`.
+`register_coco_json_dataset`, which validates it first (`coco_validation.check_coco_json`: repaired or refused,
+see datasets/README.md).
 """
 
 from .custom_coco import (
