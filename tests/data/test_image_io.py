@@ -145,3 +145,26 @@ def test_training_skips_an_image_that_fails_to_decode(tmp_path, caplog):
         "Replace or remove them from the json."
     )
     assert skipped_images_summary(str(tmp_path / "none.txt")) is None
+
+
+def test_an_evaluation_worker_error_becomes_its_one_line_message():
+    from fastinst.data import DatasetError
+    from fastinst.engine.evaluation import ProgressLoader
+
+    class WorkerLoader:  # what torch re-raises from a loader worker: the worker's traceback in the message
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            yield {"image_id": 1}
+            raise DatasetError(
+                "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                'last):\n  File "x.py", line 1, in f\nfastinst.data.datasets.coco_validation.DatasetError: '
+                "Cannot read image a.png (empty file (0 bytes)). Evaluation needs every image of the dataset.\n"
+            )
+
+    with pytest.raises(DatasetError) as e:
+        list(ProgressLoader(WorkerLoader(), desc="eval"))
+    assert str(e.value) == (
+        "Cannot read image a.png (empty file (0 bytes)). Evaluation needs every image of the dataset."
+    )
