@@ -70,7 +70,7 @@ def corrupt(data: dict, rng: random.Random) -> str:
 
     ann, img, cat = pick("annotations"), pick("images"), pick("categories")
     kinds = {
-        "ann_id": lambda: ann.update(id=rng.choice([0, 0, 1, -3, "7", None, 2.0, [1]])),
+        "ann_id": lambda: ann.update(id=rng.choice([0, 0, 1, -3, "7", "7\n8", None, 2.0, [1]])),
         "ann_id_missing": lambda: ann.pop("id"),
         "ann_field_junk": lambda: ann.update(
             {rng.choice(["image_id", "category_id", "bbox", "area", "iscrowd"]): rng.choice(JUNK)}

@@ -42,7 +42,10 @@ def listing(items: Iterable[Any], count: int | None = None) -> str:
     """'a, b, c, ... (N in total)' with the first SHOW items (strings are shown as they are)."""
     items = list(items)
     count = len(items) if count is None else count
-    shown = ", ".join(x if isinstance(x, str) else repr(x) for x in items[:SHOW])
+    shown = ", ".join(
+        x.replace("\n", "\\n").replace("\r", "\\r") if isinstance(x, str) else repr(x)
+        for x in items[:SHOW]
+    )  # one line whatever the ids hold
     return f"{shown}{', ...' if count > SHOW else ''} ({count} in total)"
 
 
