@@ -393,6 +393,7 @@ class FastInstPredictor:
         This is the only method that touches the network.
         """
         if not isinstance(self.model, torch.nn.Module):  # OnnxFastInst: one graph run per image
+            self.model.score_threshold = self.score_threshold  # memory follows what is kept
             return [self.model(x["image"], x["height"], x["width"]) for x in batch_inputs]
         self.model.test_score_threshold = self.score_threshold  # memory follows what is kept
         with inference_context(self.model, self.precision):

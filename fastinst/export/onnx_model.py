@@ -93,6 +93,9 @@ class OnnxFastInst:
         if postprocess not in ("torch", "numpy"):
             raise ValueError(f"postprocess must be 'torch' or 'numpy', got {postprocess!r}.")
         self.postprocess = postprocess
+        # "torch" post-processing: pairs whose class probability is below it are not pasted at full size (they
+        # cannot pass the caller's score filter); FastInstPredictor sets its score_threshold here.
+        self.score_threshold = 0.0
         self._mean = np.asarray(self.metadata["pixel_mean"], dtype=np.float32).reshape(3, 1, 1)
 
     # -- sizes --
@@ -185,6 +188,7 @@ class OnnxFastInst:
                 (h, w),
                 out_size,
                 topk,
+                self.score_threshold,
             )
             if self.bool_masks:
                 instances.pred_masks = instances.pred_masks > 0.5
