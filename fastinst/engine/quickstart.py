@@ -22,7 +22,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -30,6 +29,7 @@ from PIL import Image
 
 from fastinst.config import add_fastinst_config
 from fastinst.data import ensure_synthetic_dataset, register_synthetic
+from fastinst.data.image_io import read_image
 from fastinst.engine.time_budget import time_budget_overrides
 from fastinst.engine.trainer import Trainer
 
