@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
@@ -27,6 +27,12 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
+from fastinst.checkpoint import (
+    CheckpointMismatchError,
+    CheckpointReadError,
+    guard_optimizer_state,
+    load_checkpoint,
+)
 from fastinst.config import add_fastinst_config
 from fastinst.data import ensure_synthetic_dataset, register_synthetic
 from fastinst.data.image_io import read_image
@@ -114,10 +120,11 @@ def run(args: argparse.Namespace) -> float:
     if args.eval_only:
         model = Trainer.build_model(cfg)
         weights = cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+        load_checkpoint(model, weights, strict=True)  # as the predictor: every weight from the file
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
+        guard_optimizer_state(trainer.optimizer, trainer.model)  # no resumed state of another shape
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
         model = trainer.model
@@ -159,7 +166,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
-    ap = run(args)
+    try:
+        ap = run(args)
+    except (CheckpointMismatchError, CheckpointReadError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)  # weights that cannot be read or do not fit: one line
+        raise SystemExit(2) from None
     print(f"quickstart mask AP: {ap:.1f}", flush=True)
 
 

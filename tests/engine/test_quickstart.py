@@ -23,3 +23,19 @@ def test_quickstart_prints_ap_and_draws(tiny_synthetic, tmp_path, capsys) -> Non
     width, height = Image.open(pictures[0]).size
     assert width > height  # ground truth and prediction side by side
     assert (out / "model_final.pth").is_file()
+
+    # --eval-only loads strictly: weights that do not fit the config are one line, exit 2, no AP
+    try:
+        quickstart.main(
+            [*argv, "--eval-only", "OUTPUT_DIR", str(out), "MODEL.FASTINST.DEC_LAYERS", "2"]
+        )
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("--eval-only evaluated weights that do not fit the config")
+    captured = capsys.readouterr()
+    errors = [x for x in captured.err.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: {out / 'model_final.pth'} does not fit"
+    )
+    assert "quickstart mask AP" not in captured.out
