@@ -343,6 +343,23 @@ def test_eval_only_refuses_weights_that_do_not_fit(
     assert not (tmp_path / "eval").exists()  # refused before anything ran
 
 
+def test_eval_only_refuses_a_model_of_other_classes(
+    tiny_synthetic, tiny_checkpoint, tmp_path, capsys
+):
+    names = ["a", "b", "c", "d", "e", "f"]  # what config.yaml of another 6-class run would say
+    code = train_net.cli(
+        ["--config-file", str(REPO / TINY), "--eval-only", "MODEL.WEIGHTS", str(tiny_checkpoint)]
+        + ["DATASETS.THING_CLASSES", str(names), "OUTPUT_DIR", str(tmp_path / "eval")]
+    )
+    captured = capsys.readouterr()
+    err = error_lines(captured.err)
+    assert code == 2 and err == [
+        f"error: {tiny_checkpoint}: the model was trained for the classes {names}, but synthetic_val has "
+        "['circle', 'square', 'triangle', 'star', 'ring', 'cross']; its AP would compare other classes."
+    ]
+    assert "Evaluation results" not in captured.out
+
+
 def test_resume_without_checkpoint_says_so(tiny_synthetic, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "new_run"
     code = train_net.cli(
