@@ -27,6 +27,14 @@ instead of handing out fresh pages, which fault and get zeroed on every call); t
 rows with glibc's default (``--keep-freed-memory all`` / ``none`` to change that). The setting is applied before
 each call of a row; after a change, one untimed call lets the heap settle.
 
+Exported runtimes (``--runtimes``), the same random-weight FastInst exported once with ``--dynamic`` (ONNX opset 19):
+- "onnxruntime": ``fastinst.export.OnnxFastInst`` (CPU provider, ``--threads`` intra-op threads);
+- "openvino": ``fastinst.export.OpenVinoFastInst``, fp32 IR, inference precision f32, reshaped to the static size;
+- "openvino-int8": the IR quantized by NNCF (``--keep-fp32`` default of tools/export_model.py) with 8 random
+  calibration images (random weights: the ranges do not matter for speed), run as "openvino".
+Each is timed as ``runner(image)``: padding, the graph, the PyTorch post-processing to instances with bool masks.
+``--sizes 320x448 448x608 576x768`` measures every row at each size (one table per size and a summary).
+
 All weights are random (timing only; the outputs are meaningless). With random weights Mask R-CNN keeps few
 detections, so its ROI heads do less work than with trained weights; FastInst's work does not depend on the weights.
 """
@@ -60,6 +68,7 @@ from fastinst.inference import (  # noqa: E402
 )
 
 MASK_RCNN_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+RUNTIMES = ("onnxruntime", "openvino", "openvino-int8")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -82,6 +91,19 @@ def get_parser() -> argparse.ArgumentParser:
         "--official-path", action="store_true", help="add the unoptimised official-path row"
     )
     parser.add_argument("--no-mask-rcnn", action="store_true", help="leave out the Mask R-CNN row")
+    parser.add_argument(
+        "--runtimes",
+        nargs="*",
+        default=[],
+        choices=RUNTIMES,
+        help="exported-model rows (the model is exported once, --dynamic)",
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        metavar="HxW",
+        help="several input sizes, e.g. 320x448 448x608 576x768 (instead of --input-size)",
+    )
     parser.add_argument("--weights", default="", help="FastInst checkpoint ('' = random weights)")
     parser.add_argument(
         "--keep-freed-memory",
@@ -170,6 +192,56 @@ def build_rows(args, cfg: CfgNode, inputs: list[dict]) -> list[Row]:
     return rows
 
 
+def export_runtimes(args, cfg: CfgNode, folder: str, size: tuple[int, int]) -> dict[str, str]:
+    """Export the random-weight FastInst once (dynamic ONNX, IR, INT8 IR) for the requested runtimes."""
+    from pathlib import Path
+
+    from fastinst.export import export_onnx, onnx_to_openvino, read_onnx_metadata
+    from fastinst.export.openvino_model import calibration_inputs
+
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if args.weights:
+        load_checkpoint(model, args.weights, strict=True)
+    paths = {"onnxruntime": str(export_onnx(model, Path(folder) / "m.onnx", size, dynamic=True))}
+    if "openvino" in args.runtimes:
+        paths["openvino"] = str(onnx_to_openvino(paths["onnxruntime"], Path(folder) / "m.xml"))
+    if "openvino-int8" in args.runtimes:
+        g = torch.Generator().manual_seed(1)
+        images = [
+            torch.randint(0, 256, (*size, 3), generator=g, dtype=torch.uint8).numpy()
+            for _ in range(8)
+        ]
+        meta = read_onnx_metadata(paths["onnxruntime"])
+        inputs = calibration_inputs(
+            images, meta, (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        )
+        xml = onnx_to_openvino(paths["onnxruntime"], Path(folder) / "m_int8.xml", inputs)
+        paths["openvino-int8"] = str(xml)
+    return paths
+
+
+def runtime_rows(args, paths: dict[str, str], inputs: list[dict], size) -> list[Row]:
+    """One row per --runtimes entry: runner(image) with the image of `inputs`."""
+    from fastinst.export import OnnxFastInst, OpenVinoFastInst
+
+    image = inputs[0]["image"]
+    keep = args.keep_freed_memory != "none"
+    rows = []
+    for name in args.runtimes:
+        if name == "onnxruntime":
+            runner = OnnxFastInst(paths[name], num_threads=args.threads, bool_masks=True)
+            label, precision = "FastInst onnxruntime", "fp32"
+        else:
+            runner = OpenVinoFastInst(
+                paths[name], num_threads=args.threads, bool_masks=True, static_size=size
+            )
+            label = "FastInst OpenVINO"
+            precision = "int8" if name.endswith("int8") else "fp32"
+        rows.append(Row(label, precision, False, lambda r=runner: r(image), keep))
+    return rows
+
+
 def measure(rows: list[Row], warmup: int, runs: int, device: str) -> None:
     state = {"keep": None}
 
@@ -226,23 +298,49 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join([fmt(header), sep] + [fmt(line) for line in lines])
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--sizes: expected HxW such as 576x768, got {text!r}.") from None
+    return h, w
+
+
 def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
     args = get_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available; use --device cpu.")
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1.")
+    if args.runtimes and args.device != "cpu":
+        raise SystemExit("--runtimes are measured on the CPU only.")
     torch.set_num_threads(args.threads)
     cfg = fastinst_cfg(args.config_file, args.opts, args.device)
-    size = tuple(args.input_size) if args.input_size else default_input_size(cfg)
-    inputs = synthetic_inputs(size)
-    inputs[0]["image"] = inputs[0]["image"].to(args.device)
-    rows = build_rows(args, cfg, inputs)
-    measure(rows, args.warmup, args.runs, args.device)
-
+    if args.sizes:
+        sizes = [parse_size(s) for s in args.sizes]
+    else:
+        sizes = [tuple(args.input_size) if args.input_size else default_input_size(cfg)]
     device = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     )
+    summary = []
+    with tempfile.TemporaryDirectory(prefix="fastinst-benchmark-") as folder:
+        paths = export_runtimes(args, cfg, folder, sizes[-1]) if args.runtimes else {}
+        for size in sizes:
+            inputs = synthetic_inputs(size)
+            inputs[0]["image"] = inputs[0]["image"].to(args.device)
+            rows = build_rows(args, cfg, inputs) + runtime_rows(args, paths, inputs, size)
+            measure(rows, args.warmup, args.runs, args.device)
+            summary.append((size, rows))
+            print_report(args, size, device, rows)
+    if len(sizes) > 1:
+        print(format_summary(summary))
+    return 0
+
+
+def print_report(args, size, device: str, rows: list[Row]) -> None:
     print(f"Config: {args.config_file} {' '.join(map(str, args.opts))}".rstrip())
     print(
         f"Input: 3x{size[0]}x{size[1]}, batch 1; device: {device}; torch {torch.__version__}; "
@@ -262,7 +360,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{kept[args.keep_freed_memory]}; default malloc for the others."
     )
     print(format_table(rows))
-    return 0
+
+
+def format_summary(summary: list[tuple[tuple[int, int], list[Row]]]) -> str:
+    """Images/s (median) of every row at every size: one line per row."""
+    sizes = [f"{h}x{w}" for (h, w), _ in summary]
+    lines = [
+        "| model | precision | " + " | ".join(f"{s} img/s" for s in sizes) + " |",
+        "|---|---|" + "---|" * len(sizes),
+    ]
+    for i, row in enumerate(summary[0][1]):
+        cells = [f"{1 / rows[i].median:.2f}" for _, rows in summary]
+        compiled = " (compiled)" if row.compiled else ""
+        lines.append(f"| {row.name}{compiled} | {row.precision} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

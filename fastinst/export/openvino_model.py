@@ -260,6 +260,8 @@ class OpenVinoFastInst(OnnxFastInst):
         inference_precision: "f32" (default; the fp32 IR then matches PyTorch within 1e-4) or "bf16" (faster on
             CPUs with native bf16, ~1e-2 relative differences); the CPU plugin's INFERENCE_PRECISION_HINT.
         device: OpenVINO device name ("CPU").
+        static_size: (H, W), multiples of the size divisibility: a dynamic-size IR is reshaped to this one input
+            size before compiling (faster; other sizes are then refused by the runtime).
 
     Raises FileNotFoundError for a missing .xml, ValueError (naming the file) for one OpenVINO cannot read or
     that has no FastInst metadata.
@@ -275,6 +277,7 @@ class OpenVinoFastInst(OnnxFastInst):
         postprocess: str = "torch",
         inference_precision: str = "f32",
         device: str = "CPU",
+        static_size: tuple[int, int] | None = None,
     ):
         import openvino as ov
 
@@ -289,6 +292,8 @@ class OpenVinoFastInst(OnnxFastInst):
         except Exception as e:  # OpenVINO raises RuntimeError with a long multi-line message
             raise ValueError(f"OpenVINO cannot read the model {path}: {first_line(e)}") from e
         metadata = read_openvino_metadata(path, ov_model)
+        if static_size is not None and metadata["dynamic"]:
+            ov_model.reshape({metadata["input_name"]: [1, 3, *static_size]})
         config = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY"}
         if num_threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
