@@ -190,8 +190,8 @@ class OnnxFastInst:
                 topk,
                 self.score_threshold,
             )
-            if self.bool_masks:
-                instances.pred_masks = instances.pred_masks > 0.5
+            if not self.bool_masks:  # instance_inference returns bool; this option wants 0/1 floats
+                instances.pred_masks = instances.pred_masks.float()
             return instances
         result = instance_postprocess(logits, masks, padded_size, (h, w), out_size, topk)
         instances = Instances(out_size)

@@ -58,7 +58,8 @@ class FastInst(nn.Module):
     """FastInst for instance segmentation.
 
     Input: a list of dicts with "image" (C, H, W) in INPUT.FORMAT (RGB), optional "height"/"width" (output size)
-    and, in training, "instances" (gt_classes, gt_masks). Eval output: [{"instances": Instances}] per image.
+    and, in training, "instances" (gt_classes, gt_masks). Eval output: [{"instances": Instances}] per image, with
+    pred_masks (k, height, width) bool, pred_boxes, scores and pred_classes (`instance_inference`).
     """
 
     @configurable
