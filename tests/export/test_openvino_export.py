@@ -3,8 +3,10 @@
 Tolerances (measured values in brackets, tiny R18 model, CPU):
 - fp32 IR raw outputs: as the ONNX export, max |IR - PyTorch| <= 1e-4 x max |PyTorch| [~1e-6]; instances as in
   test_onnx_export.py.
-- INT8 IR vs the fp32 IR on a briefly trained model: every fp32 instance with score >= 0.3 has an INT8 instance
-  of the same class with mask IoU >= 0.7 [see INT8_* constants], matched greedily by IoU.
+- INT8 IR vs the fp32 IR on a briefly trained model (30 iterations on coloured rectangles): of the 10 best fp32
+  instances of each of 4 images, >= 90% have an INT8 instance of the same class with mask IoU >= 0.75 (greedy
+  matching by IoU), the mean IoU is >= 0.85 and the sorted scores differ by <= 0.02. Measured with nothing kept
+  in fp32: IoU 0.78-0.98 (mean 0.91), scores within 0.004.
 """
 
 import subprocess
@@ -34,9 +36,11 @@ from tests.export.test_onnx_export import (
 )
 
 EXPORT_TOOL = REPO / "tools" / "export_model.py"
-INT8_MIN_SCORE = 0.3  # fp32 instances compared
-INT8_MIN_IOU = 0.7  # mask IoU of a matched INT8 instance
+INT8_TOP = 10  # best fp32 instances compared per image
+INT8_MIN_IOU = 0.75  # mask IoU of a matched INT8 instance
 INT8_MIN_MATCHED = 0.9  # share of the fp32 instances that must be matched
+INT8_MIN_MEAN_IOU = 0.85
+INT8_SCORE_TOL = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +152,10 @@ def test_cli_refuses_bad_calibration_sources(tmp_path, capsys):
 COLOURS = np.array([[230, 40, 40], [40, 200, 40], [40, 60, 230], [230, 220, 40], [200, 40, 220]])
 
 
-def shapes_sample(rng: np.random.Generator, size: int = 128):
+SIZE = 64  # image side of the INT8 test (the tiny model's 16 queries need a 4 x 4 stride-16 map)
+
+
+def shapes_sample(rng: np.random.Generator, size: int = SIZE):
     """An image (size x size RGB uint8) with 1-3 filled rectangles whose colour is the class, and its targets."""
     from detectron2.structures import Instances
 
@@ -157,7 +164,7 @@ def shapes_sample(rng: np.random.Generator, size: int = 128):
     classes = rng.integers(0, len(COLOURS), count)
     masks = np.zeros((count, size, size), bool)
     for i, c in enumerate(classes):
-        h, w = rng.integers(size // 5, size // 2, 2)
+        h, w = rng.integers(size // 4, size // 2, 2)
         y, x = rng.integers(0, size - h), rng.integers(0, size - w)
         masks[i, y : y + h, x : x + w] = True
         masks[:i] &= ~masks[i]  # later rectangles occlude earlier ones
@@ -168,7 +175,7 @@ def shapes_sample(rng: np.random.Generator, size: int = 128):
     return image, instances
 
 
-def train_briefly(iterations: int = 40) -> torch.nn.Module:
+def train_briefly(iterations: int = 30) -> torch.nn.Module:
     """The tiny model trained on random coloured rectangles (batch 2, AdamW): seconds on 2 cores."""
     model = tiny_model(train=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -178,7 +185,7 @@ def train_briefly(iterations: int = 40) -> torch.nn.Module:
         for _ in range(2):
             image, instances = shapes_sample(rng)
             tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float()
-            batch.append({"image": tensor, "instances": instances, "height": 128, "width": 128})
+            batch.append({"image": tensor, "instances": instances, "height": SIZE, "width": SIZE})
         losses = model(batch)
         optimizer.zero_grad()
         sum(losses.values()).backward()
@@ -212,11 +219,11 @@ def test_int8_matches_fp32_on_a_trained_model(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(8):
         Image.fromarray(shapes_sample(rng)[0]).save(folder / f"{i}.png")
-    onnx_path = export_onnx(model, tmp_path / "trained.onnx", (128, 128))
+    onnx_path = export_onnx(model, tmp_path / "trained.onnx", (SIZE, SIZE))
     fp32 = OpenVinoFastInst(onnx_to_openvino(onnx_path, tmp_path / "fp32.xml"))
     images = calibration_images(folder)
-    inputs = calibration_inputs(images, read_onnx_metadata(onnx_path), (128, 128))
-    assert len(inputs) == 8 and inputs[0].shape == (1, 3, 128, 128)
+    inputs = calibration_inputs(images, read_onnx_metadata(onnx_path), (SIZE, SIZE))
+    assert len(inputs) == 8 and inputs[0].shape == (1, 3, SIZE, SIZE)
     int8_xml = onnx_to_openvino(onnx_path, tmp_path / "int8.xml", calibration=inputs)
     meta = read_openvino_metadata(int8_xml)
     assert meta["precision"] == "int8" and meta["keep_fp32"] == ["mask-head"]
@@ -225,12 +232,15 @@ def test_int8_matches_fp32_on_a_trained_model(tmp_path):
     rng = np.random.default_rng(2)
     for _ in range(4):
         image = torch.from_numpy(shapes_sample(rng)[0].transpose(2, 0, 1).copy()).float()
-        ref, got = fp32(image), int8(image)
-        ref = ref[ref.scores >= INT8_MIN_SCORE]
+        ref, got = fp32(image)[:INT8_TOP], int8(image)
+        assert len(ref) == INT8_TOP and ref.pred_masks.flatten(1).any(1).all()
         ious += match_by_iou(ref, got)
-    assert len(ious) >= 4, "the trained model should find the rectangles"
-    matched = np.mean(np.asarray(ious) >= INT8_MIN_IOU)
+        score_diff = np.abs(ref.scores.numpy() - got.scores.numpy()[:INT8_TOP]).max()
+        assert score_diff <= INT8_SCORE_TOL
+    ious = np.asarray(ious)
+    matched = np.mean(ious >= INT8_MIN_IOU)
     assert matched >= INT8_MIN_MATCHED, f"{matched:.2f} of {len(ious)} instances matched: {ious}"
+    assert ious.mean() >= INT8_MIN_MEAN_IOU
 
 
 @pytest.mark.slow  # ~20 s: a subprocess, an export and a quantization
