@@ -33,7 +33,7 @@ OPENVINO_SCOPES = (
     "backbone", "pixel-decoder", "query-proposal", "decoder-attention", "decoder-ffn", "class-head",
     "mask-head",
 )  # fmt: skip
-OPENVINO_DEFAULT_KEEP = ("mask-head",)
+OPENVINO_DEFAULT_KEEP = ("decoder-attention",)
 
 FORMATS = ("onnx", "torchscript", "pt2", "openvino")
 VERIFY_TOLERANCE = 1e-4  # relative; measured: ~1e-6 (R18/R50), ~5e-6 (R50-vd-DCN)

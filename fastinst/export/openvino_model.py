@@ -48,7 +48,7 @@ FP32_SCOPES = {
     # the mask embeddings, the mask features and their product (the einsum, in the predictor itself)
     "mask-head": r"^sem_seg_head\.predictor(\.mask_embed_layers\.|\.mask_features_layers\.|$)",
 }
-DEFAULT_KEEP_FP32 = ("mask-head",)  # measured: see docs/deployment.md
+DEFAULT_KEEP_FP32 = ("decoder-attention",)  # measured: see docs/deployment.md
 
 
 # ---------------------------------------------------------------------------------------------------------------

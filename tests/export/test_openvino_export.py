@@ -226,7 +226,7 @@ def test_int8_matches_fp32_on_a_trained_model(tmp_path):
     assert len(inputs) == 8 and inputs[0].shape == (1, 3, SIZE, SIZE)
     int8_xml = onnx_to_openvino(onnx_path, tmp_path / "int8.xml", calibration=inputs)
     meta = read_openvino_metadata(int8_xml)
-    assert meta["precision"] == "int8" and meta["keep_fp32"] == ["mask-head"]
+    assert meta["precision"] == "int8" and meta["keep_fp32"] == ["decoder-attention"]
     int8 = OpenVinoFastInst(int8_xml)
     ious = []
     rng = np.random.default_rng(2)
