@@ -96,6 +96,9 @@ def add_fastinst_config(cfg: CN) -> None:
     cfg.MODEL.FASTINST.TEST.SEMANTIC_ON = False
     cfg.MODEL.FASTINST.TEST.INSTANCE_ON = True
     cfg.MODEL.FASTINST.TEST.PANOPTIC_ON = False
+    # Not official (the official boxes are zeros): boxes around the mask probability > this; 0.5 = the tight box
+    # of each predicted mask. Lower keeps the extent of thin parts that the stride-8 map blurs (docs/training.md).
+    cfg.MODEL.FASTINST.TEST.BOX_THRESHOLD = 0.5
     # Set by the official YAMLs; used only by panoptic inference, which FastInst does not ship.
     cfg.MODEL.FASTINST.TEST.OBJECT_MASK_THRESHOLD = 0.8
     cfg.MODEL.FASTINST.TEST.OVERLAP_THRESHOLD = 0.8

@@ -75,6 +75,7 @@ class FastInst(nn.Module):
         pixel_std: tuple[float, ...],
         test_topk_per_image: int,
         small_input: str = "error",
+        box_threshold: float = 0.5,
     ):
         super().__init__()
         if small_input not in SMALL_INPUT_POLICIES:
@@ -95,6 +96,8 @@ class FastInst(nn.Module):
         # post-processing drops them before resizing their masks (0.0: keep the top-k, as evaluation needs).
         # Set by `FastInstPredictor` to its score_threshold; not a config key (no official number depends on it).
         self.test_score_threshold = 0.0
+        # Boxes around the mask probability > box_threshold (0.5: the masks' own tight boxes).
+        self.test_box_threshold = box_threshold
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         # checkpoints holding only one of the two `empty_weight` paths still load cleanly (SPEC §10 F10)
@@ -130,6 +133,7 @@ class FastInst(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "small_input": fi.SMALL_INPUT,
+            "box_threshold": fi.TEST.BOX_THRESHOLD,
         }
 
     @property
@@ -190,7 +194,10 @@ class FastInst(nn.Module):
             with torch.autocast(device_type=self.device.type, enabled=False):
                 if self.fast_postprocessing:
                     instances = instance_inference(
-                        *args, self.test_topk_per_image, self.test_score_threshold
+                        *args,
+                        self.test_topk_per_image,
+                        self.test_score_threshold,
+                        box_threshold=self.test_box_threshold,
                     )
                 else:
                     instances = instance_inference_reference(*args, self.test_topk_per_image)

@@ -98,6 +98,7 @@ def instance_inference(
     out_size: tuple[int, int],
     topk: int = 100,
     score_threshold: float = 0.0,
+    box_threshold: float = 0.5,
 ) -> Instances:
     """Instances of one image from the last decoder layer.
 
@@ -113,6 +114,10 @@ def instance_inference(
     their final score (class probability x mask score, the mask score < 1) could not reach it. Every pair that
     can reach it is kept with the same mask, box and score as with 0 (the default: all top-k pairs, for
     evaluation); the caller still filters the final scores.
+
+    `box_threshold` != 0.5 takes each box around the mask probability > box_threshold instead of the mask's
+    own pixels (> 0.5; masks and scores do not change). A stride-8 map blurs thin extremities (bars, tips) below
+    0.5; they hold little area but set the extent: tools/mask_map_bound.py and docs/training.md ("Input size").
     """
     scores, queries, labels = topk_pairs(cls_logits, topk)
     rows_needed = len(
@@ -139,11 +144,12 @@ def instance_inference(
             logits[start:end], padded_size, image_size, out_size, skip_identity=True
         ).sigmoid_()  # (c, height, width)
         chunk = torch.gt(probs, 0.5, out=binary[start:end])  # (c, height, width)
+        box_masks = chunk if box_threshold == 0.5 else probs > box_threshold  # before threshold_
         as_bytes = chunk.view(torch.uint8) if not torch.jit.is_tracing() else chunk.int()
         count[start:end] = as_bytes.flatten(1).sum(1, dtype=torch.int32).float()  # exact
         probs = F.threshold_(probs, 0.5, 0.0)  # = probs * mask, value for value
         inside[start:end] = _row_sums(probs.flatten(1), rows_needed)
-        boxes[start:end] = mask_boxes(chunk)
+        boxes[start:end] = mask_boxes(box_masks)
 
     final = scores * (inside / (count + 1e-6))[inverse]  # (k,)
     order = torch.argsort(final, descending=True, stable=True)
