@@ -24,7 +24,8 @@ warnings.filterwarnings(
     "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
 )
 
-from fastinst.export.cli import main  # noqa: E402
+from fastinst.export.cli import configure_logging, main  # noqa: E402
 
 if __name__ == "__main__":
+    configure_logging()
     raise SystemExit(main())

@@ -235,6 +235,15 @@ def export_openvino(model, cfg, args, input_size) -> Path:
         return onnx_to_openvino(onnx_path, output, calibration, keep)
 
 
+def configure_logging() -> None:
+    """Root logging for the command line: warnings and errors as `LEVEL logger: message` on stderr.
+
+    Called by the script entry point (tools/export_model.py), not by `main`, so that calling `main` from Python
+    (tests, notebooks) leaves the caller's logging configuration alone.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     from fastinst.export.exporter import (
         default_input_size,
@@ -245,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # "Skipping constant folding ..." notes
     logging.getLogger("nncf").setLevel(logging.WARNING)
     usage_error = check_args(args)
