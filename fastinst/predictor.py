@@ -331,6 +331,8 @@ class FastInstPredictor:
         )
         self._record: dict | None = None  # the training run's record in the checkpoint, if any
         self.model = self._build_model(weights, precision, compile)
+        if self._record is None and isinstance(getattr(self.model, "metadata", None), dict):
+            self._record = self.model.metadata  # an exported file's classes (ONNX / OpenVINO)
         self.metadata = dataset_metadata(self.cfg, self._record)
 
     def _build_model(self, weights, precision: str, compile: bool) -> torch.nn.Module:

@@ -117,19 +117,30 @@ def setup_cfg(args):
     return cfg
 
 
-def build_model_for_export(cfg) -> torch.nn.Module:
-    """The eval-mode model with MODEL.WEIGHTS loaded strictly (an empty MODEL.WEIGHTS gives random weights)."""
+def build_model_for_export(cfg) -> tuple[torch.nn.Module, dict]:
+    """The eval-mode model with MODEL.WEIGHTS loaded strictly (an empty MODEL.WEIGHTS gives random weights),
+    and its classes for the export metadata.
+
+    The classes are `fastinst.predictor.dataset_metadata`'s answer (the config's DATASETS.THING_CLASSES, the
+    checkpoint's training record, the registered dataset, else stand-ins) as {"thing_classes": [K names],
+    "thing_dataset_ids": [K ids] or []}.
+    """
     from detectron2.modeling import build_model
 
-    from fastinst.checkpoint import load_checkpoint
+    from fastinst.checkpoint import METADATA_KEY, load_checkpoint
+    from fastinst.predictor import dataset_metadata
 
     torch.manual_seed(0)  # reproducible random initialisation when there are no weights
     model = build_model(cfg).eval()
+    record = None
     if cfg.MODEL.WEIGHTS:
-        load_checkpoint(model, cfg.MODEL.WEIGHTS, strict=True)
+        record = load_checkpoint(model, cfg.MODEL.WEIGHTS, strict=True).get(METADATA_KEY)
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting random weights (useful for timing only).")
-    return model
+    meta = dataset_metadata(cfg, record)
+    id_map = meta.get("thing_dataset_id_to_contiguous_id") or {}
+    ids = sorted(id_map, key=id_map.get) if len(id_map) == len(meta.thing_classes) else []
+    return model, {"thing_classes": list(meta.thing_classes), "thing_dataset_ids": ids}
 
 
 def query_errors(got: list[np.ndarray], expected: list[np.ndarray]) -> np.ndarray:
@@ -205,7 +216,7 @@ def check_args(args) -> str | None:
     return None
 
 
-def export_openvino(model, cfg, args, input_size) -> Path:
+def export_openvino(model, cfg, args, input_size, classes: dict | None = None) -> Path:
     """ONNX export to a temporary folder beside the output, then the IR (INT8 with --int8)."""
     from fastinst.export.exporter import export_onnx
     from fastinst.export.openvino_model import (
@@ -225,6 +236,7 @@ def export_openvino(model, cfg, args, input_size) -> Path:
             input_size,
             dynamic=args.dynamic,
             opset_version=args.opset,
+            classes=classes,
         )
         calibration = None
         if images is not None:
@@ -268,17 +280,22 @@ def main(argv: list[str] | None = None) -> int:
 
             calibration_images(args.calibration, args.calibration_size)
         input_size = tuple(args.input_size) if args.input_size else default_input_size(cfg)
-        model = build_model_for_export(cfg)
+        model, classes = build_model_for_export(cfg)
         if args.format == "onnx":
             path = export_onnx(
-                model, args.output, input_size, dynamic=args.dynamic, opset_version=args.opset
+                model,
+                args.output,
+                input_size,
+                dynamic=args.dynamic,
+                opset_version=args.opset,
+                classes=classes,
             )
         elif args.format == "torchscript":
-            path = export_torchscript(model, args.output, input_size)
+            path = export_torchscript(model, args.output, input_size, classes)
         elif args.format == "openvino":
-            path = export_openvino(model, cfg, args, input_size)
+            path = export_openvino(model, cfg, args, input_size, classes)
         else:
-            path = export_pt2(model, args.output, input_size, dynamic=args.dynamic)
+            path = export_pt2(model, args.output, input_size, dynamic=args.dynamic, classes=classes)
     except (
         ValueError,
         FileNotFoundError,
@@ -290,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         size_mb += path.with_suffix(".bin").stat().st_size / 2**20
     kind = f"{args.format}{' int8' if args.int8 else ''}"
     print(f"Wrote {path} ({kind}, {size_mb:.1f} MiB) in {time.perf_counter() - start:.0f} s")
-    print("metadata: " + json.dumps(export_metadata(model, input_size, args.dynamic)))
+    print("metadata: " + json.dumps(export_metadata(model, input_size, args.dynamic, classes)))
     if not args.no_verify:
         errors = verify(model, path, args.format, input_size)
         ok = errors <= VERIFY_TOLERANCE

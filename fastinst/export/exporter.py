@@ -61,10 +61,19 @@ def min_dynamic_size(num_queries: int, size_divisibility: int) -> int:
     return math.ceil(low / div) * div
 
 
-def export_metadata(model: nn.Module, input_size: tuple[int, int], dynamic: bool) -> dict:
-    """What a runtime needs besides the graph: sizes, normalisation, queries, classes, the small-input policy."""
+def export_metadata(
+    model: nn.Module, input_size: tuple[int, int], dynamic: bool, classes: dict | None = None
+) -> dict:
+    """What a runtime needs besides the graph: sizes, normalisation, queries, classes, the small-input policy.
+
+    `classes` names the model's classes as a training checkpoint records them (`fastinst.checkpoint.METADATA_KEY`):
+    "thing_classes" (K names) and "thing_dataset_ids" (K dataset category ids, or empty). They are stored as
+    the metadata's "thing_classes" / "thing_dataset_ids" (None when not given), so a runtime that loads the file
+    in another process names the classes and writes the dataset's category ids.
+    """
     div = int(model.size_divisibility)
     num_queries = int(model.num_queries)
+    classes = classes or {}
     return {
         "format_version": 1,
         "input_name": INPUT_NAME,
@@ -80,6 +89,12 @@ def export_metadata(model: nn.Module, input_size: tuple[int, int], dynamic: bool
         "small_input": str(getattr(model, "small_input", "error")),
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
+        "thing_classes": list(classes["thing_classes"]) if classes.get("thing_classes") else None,
+        "thing_dataset_ids": (
+            [int(i) for i in classes["thing_dataset_ids"]]
+            if classes.get("thing_dataset_ids")
+            else None
+        ),
     }
 
 
@@ -169,11 +184,13 @@ def export_onnx(
     *,
     dynamic: bool = False,
     opset_version: int = DEFAULT_OPSET,
+    classes: dict | None = None,
 ) -> Path:
     """Write an ONNX file (weights inside, one file) for `model` (a FastInst, eval mode); returns its path.
 
     Inputs "image" (1, 3, H, W) float32 RGB 0-255; outputs "pred_logits", "pred_masks". Fixed H x W =
-    `input_size` unless `dynamic`. The `export_metadata` JSON is stored under metadata_props["fastinst"].
+    `input_size` unless `dynamic`. The `export_metadata` JSON (with `classes`, see there) is stored under
+    metadata_props["fastinst"].
     The file declares exactly `opset_version`; an opset outside `writable_opsets(model)` raises ValueError
     before anything is written. The file is written under a temporary name and renamed when complete, so a
     failure leaves no partial file at `path`.
@@ -195,7 +212,7 @@ def export_onnx(
         raise ValueError(
             f"Cannot write {path} at ONNX opset {opset_version}: torch's exporter produced opset {written}."
         )
-    meta = export_metadata(model, input_size, dynamic)
+    meta = export_metadata(model, input_size, dynamic, classes)
     onnx_program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
     partial = path.with_name(path.name + ".partial")
     try:
@@ -207,7 +224,10 @@ def export_onnx(
 
 
 def export_torchscript(
-    model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int]
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: tuple[int, int],
+    classes: dict | None = None,
 ) -> Path:
     """Write a traced TorchScript module (fixed input size) with the metadata as extra file "fastinst.json".
 
@@ -222,20 +242,25 @@ def export_torchscript(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
         traced = torch.jit.trace(wrapper, (example_image(model, input_size),), check_trace=False)
-        meta = export_metadata(model, input_size, dynamic=False)
+        meta = export_metadata(model, input_size, dynamic=False, classes=classes)
         torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
     return path
 
 
 def export_pt2(
-    model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int], *, dynamic: bool = False
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: tuple[int, int],
+    *,
+    dynamic: bool = False,
+    classes: dict | None = None,
 ) -> Path:
     """Write the `torch.export` program (`torch.export.load(path).module()` runs it) with the metadata as extra
     file "fastinst.json"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = export_program(model, input_size, dynamic)
-    meta = export_metadata(model, input_size, dynamic)
+    meta = export_metadata(model, input_size, dynamic, classes)
     torch.export.save(program, path, extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
     return path
 

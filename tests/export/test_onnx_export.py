@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks
 
+from fastinst.checkpoint import METADATA_KEY
 from fastinst.export import (
     FastInstExportModel,
     OnnxFastInst,
@@ -158,12 +159,20 @@ def model():
     return m.eval()
 
 
+# What a training run records in its checkpoints (fastinst.checkpoint.ModelRecord): names and the json's ids.
+TRAINED_CLASSES = {
+    "thing_classes": ["round", "angular", "other", "long", "thin"],
+    "thing_dataset_ids": [5, 7, 9, 11, 13],
+    "input_format": "RGB",
+}
+
+
 @pytest.fixture(scope="module")
 def cli_onnx(model, tmp_path_factory):
     """tools/export_model.py run as a user would: fixed 64 x 96 ONNX with the fixture model's weights."""
     folder = tmp_path_factory.mktemp("cli")
     weights = folder / "tiny.pth"
-    torch.save({"model": model.state_dict()}, weights)
+    torch.save({"model": model.state_dict(), METADATA_KEY: TRAINED_CLASSES}, weights)
     output = folder / "tiny.onnx"
     cmd = [
         sys.executable, str(EXPORT_TOOL), "--config-file", str(TINY_YAML), "--output", str(output),
@@ -202,6 +211,27 @@ def test_cli_writes_onnx(cli_onnx):
     assert not Path(str(output) + ".data").exists()  # weights inside the one file
     assert onnx_opset(output) == 19  # the default --opset
     assert not output.with_name(output.name + ".partial").exists()
+    assert meta["thing_classes"] == TRAINED_CLASSES["thing_classes"]
+    assert meta["thing_dataset_ids"] == [5, 7, 9, 11, 13]
+
+
+def test_exported_model_keeps_its_names_and_ids_in_a_new_process(cli_onnx):
+    """The predictor that runs the .onnx in another process names the classes and writes the json's ids."""
+    _, output = cli_onnx
+    code = (
+        "import json, numpy as np; from fastinst import FastInstPredictor; "
+        f"p = FastInstPredictor({str(TINY_YAML)!r}, weights={str(output)!r}, score_threshold=0.0, "
+        "opts=['INPUT.MIN_SIZE_TEST', 64, 'INPUT.MAX_SIZE_TEST', 96]); "
+        "r = p.to_coco_results(np.full((64, 96, 3), 128, np.uint8)); "
+        "print(json.dumps([p.metadata.thing_classes, sorted({x['category_id'] for x in r})]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    names, ids = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert names == TRAINED_CLASSES["thing_classes"]
+    assert ids and set(ids) <= {5, 7, 9, 11, 13}
 
 
 def test_written_opset_is_the_requested_one(dynamic_onnx):
