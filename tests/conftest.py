@@ -1,5 +1,6 @@
 """Shared test helpers: config building, the golden weight recipe, reference paths."""
 
+import logging
 import zlib
 from pathlib import Path
 
@@ -74,6 +75,43 @@ def load_recipe_weights(model: torch.nn.Module) -> None:
 def _deterministic_cpu():
     torch.manual_seed(0)
     yield
+
+
+def _logger_states() -> dict[logging.Logger, tuple[list[logging.Handler], bool, int]]:
+    named = [x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)]
+    return {x: (list(x.handlers), x.propagate, x.level) for x in named}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging():
+    """Undo the logging set-up that an in-process entry point (train_net.cli, demo main, the quickstart) did.
+
+    detectron2's `setup_logger` (cached per arguments) binds its handlers to the `sys.stdout` of the moment, which
+    inside a test is pytest's capture stream; after the test that stream is closed, and every later record of that
+    logger fails with "--- Logging error ---" on stderr (breaking tests that count stderr lines). So after each
+    test: handlers added to named loggers and plain StreamHandlers added to the root logger are removed (not
+    closed: detectron2 caches its log files), propagation and levels are restored, and the cache of
+    `setup_logger` is cleared so the next in-process call sets up afresh.
+    """
+    from detectron2.utils.logger import setup_logger
+
+    before = _logger_states()
+    root_before = list(logging.getLogger().handlers)
+    yield
+    for logger in [
+        x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)
+    ]:
+        handlers, propagate, level = before.get(logger, ([], True, logging.NOTSET))
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in root_before:
+            root.removeHandler(handler)
+    setup_logger.cache_clear()
 
 
 # A small FastInst (R18 body, 64 channels, 16 queries, 2 decoder layers, 5 classes) for fast CPU tests.
