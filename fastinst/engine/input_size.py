@@ -31,11 +31,11 @@ import math
 import os
 from collections.abc import Sequence
 
-import yaml
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
 from fastinst.data.dataset_stats import DatasetStats, coco_dataset_stats
+from fastinst.engine.time_budget import as_overrides, saved_config_values
 
 __all__ = ["AUTO_KEYS", "choose_input_size", "input_size_overrides", "user_set_sizes"]
 
@@ -170,27 +170,9 @@ def choose_input_size(
     return chosen, why
 
 
-def _as_overrides(values: dict[str, object]) -> list[str]:
-    out = []
-    for key, value in values.items():
-        out += [key, repr(tuple(value)) if isinstance(value, (list, tuple)) else repr(value)]
-    return out
-
-
 def _saved_sizes(output_dir: str) -> dict[str, object] | None:
     """The size keys of a previous run's OUTPUT_DIR/config.yaml (None when there is none)."""
-    path = os.path.join(output_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        saved = yaml.safe_load(f) or {}
-    out = {}
-    for key in AUTO_KEYS:
-        node = saved
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            out[key] = node
+    out = saved_config_values(output_dir, AUTO_KEYS)
     return out if out.get("INPUT.MIN_SIZE_TEST") else None
 
 
@@ -221,7 +203,7 @@ def input_size_overrides(
         saved = _saved_sizes(cfg.OUTPUT_DIR)
         if saved is not None:
             chosen = {k: v for k, v in saved.items() if k not in user}
-            overrides = _as_overrides(chosen)
+            overrides = as_overrides(chosen)
             print(
                 f"INPUT.AUTO_SIZE: resuming with the sizes of {cfg.OUTPUT_DIR}/config.yaml: "
                 + " ".join(overrides),
@@ -243,7 +225,7 @@ def input_size_overrides(
         max_crop=cfg.INPUT.AUTO_SIZE.MAX_CROP,
         user=user,
     )
-    overrides = _as_overrides(chosen)
+    overrides = as_overrides(chosen)
     lines = "\n  ".join(why)
     print(
         f"INPUT.AUTO_SIZE ({json_file}):\n  {lines}\n  -> " + " ".join(overrides),

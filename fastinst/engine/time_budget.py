@@ -18,6 +18,7 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -69,10 +70,10 @@ def scaled_schedule(cfg: CfgNode, seconds_per_iter: float, budget_minutes: float
     }
     if cfg.TEST.EVAL_PERIOD > 0:
         counts["TEST.EVAL_PERIOD"] = max(1, round(cfg.TEST.EVAL_PERIOD * factor))
-    return _as_overrides(counts)
+    return as_overrides(counts)
 
 
-def _as_overrides(counts: dict) -> list[str]:
+def as_overrides(counts: dict) -> list[str]:
     """{KEY: value} -> [KEY, repr(value), ...], the string form `merge_from_list` and command lines take."""
     overrides = []
     for key, value in counts.items():
@@ -136,21 +137,27 @@ def measure_seconds_per_iter(
     return step_seconds + map_seconds_per_batch
 
 
-def _saved_counts(output_dir: str) -> list[str] | None:
-    """The scaled counts of a previous run in `output_dir` (its config.yaml), as KEY VALUE overrides."""
+def saved_config_values(output_dir: str, keys: Sequence[str]) -> dict[str, object]:
+    """{KEY: value} of the dotted `keys` that a previous run's OUTPUT_DIR/config.yaml sets ({} without one)."""
     path = os.path.join(output_dir, "config.yaml")
     if not os.path.isfile(path):
-        return None
+        return {}
     with open(path) as f:
-        saved = yaml.safe_load(f)
-    counts = {}
-    for key in _COUNT_KEYS:
+        saved = yaml.safe_load(f) or {}
+    values = {}
+    for key in keys:
         node = saved
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
-            counts[key] = node
-    return _as_overrides(counts) if "SOLVER.MAX_ITER" in counts else None
+            values[key] = node
+    return values
+
+
+def _saved_counts(output_dir: str) -> list[str] | None:
+    """The scaled counts of a previous run in `output_dir` (its config.yaml), as KEY VALUE overrides."""
+    counts = saved_config_values(output_dir, _COUNT_KEYS)
+    return as_overrides(counts) if "SOLVER.MAX_ITER" in counts else None
 
 
 def time_budget_overrides(
