@@ -139,9 +139,15 @@ def check_opset(model: nn.Module, opset_version: int, path: str | os.PathLike) -
         needs = (
             " (DeformConv of the DCN backbone needs 19)" if opsets.start == DCN_MIN_OPSET else ""
         )
+        if opset_version < opsets.start:
+            advice = f"Pass --opset {opsets.start} or higher."
+        else:  # newer than the installed onnx package knows
+            advice = (
+                f"Pass --opset {opsets.stop - 1} or lower (the newest the installed onnx knows)."
+            )
         raise ValueError(
             f"Cannot write {path} at ONNX opset {opset_version}: this model exports at opsets "
-            f"{opsets.start} to {opsets.stop - 1}{needs}. Pass --opset {opsets.start} or higher."
+            f"{opsets.start} to {opsets.stop - 1}{needs}. {advice}"
         )
 
 

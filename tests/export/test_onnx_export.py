@@ -249,6 +249,12 @@ def test_cli_refuses_opsets_it_cannot_write(tmp_path, capsys):
             f"error: Cannot write {output} at ONNX opset {opset}: this model exports at opsets 18 to "
             f"{onnx.defs.onnx_opset_version()}. Pass --opset 18 or higher."
         ]
+    newest = onnx.defs.onnx_opset_version()
+    assert cli_main(base + ["--opset", str(newest + 1)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: Cannot write {output} at ONNX opset {newest + 1}: this model exports at opsets 18 to "
+        f"{newest}. Pass --opset {newest} or lower (the newest the installed onnx knows)."
+    ]
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a partial file
 
 
