@@ -50,7 +50,9 @@ def scaled_schedule(cfg: CfgNode, seconds_per_iter: float, budget_minutes: float
     """KEY VALUE overrides that scale the iteration counts of `cfg` so MAX_ITER iterations take the budget.
 
     MAX_ITER, CHECKPOINT_PERIOD and a positive EVAL_PERIOD stay >= 1; STEPS and WARMUP_ITERS keep their
-    fraction of MAX_ITER (rounded).
+    fraction of MAX_ITER (rounded). A scaled step that is not below MAX_ITER, or that rounds onto the step
+    before it, is left out: fvcore's MultiStepParamScheduler (detectron2's LR schedule) refuses milestones that
+    are not strictly increasing and below MAX_ITER, which short budgets produced (MAX_ITER 9, STEPS (8, 9)).
     """
     if not (seconds_per_iter > 0 and np.isfinite(seconds_per_iter)):
         raise ValueError(
@@ -61,10 +63,13 @@ def scaled_schedule(cfg: CfgNode, seconds_per_iter: float, budget_minutes: float
     reference = cfg.SOLVER.MAX_ITER
     max_iter = max(1, round(budget_minutes * 60.0 / seconds_per_iter))
     factor = max_iter / reference
-    steps = tuple(round(s * factor) for s in cfg.SOLVER.STEPS)
+    steps: list[int] = []
+    for step in (round(s * factor) for s in cfg.SOLVER.STEPS):
+        if 0 < step < max_iter and (not steps or step > steps[-1]):
+            steps.append(step)
     counts = {
         "SOLVER.MAX_ITER": max_iter,
-        "SOLVER.STEPS": steps,
+        "SOLVER.STEPS": tuple(steps),
         "SOLVER.WARMUP_ITERS": round(cfg.SOLVER.WARMUP_ITERS * factor),
         "SOLVER.CHECKPOINT_PERIOD": max(1, round(cfg.SOLVER.CHECKPOINT_PERIOD * factor)),
     }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import yaml
+from detectron2.solver import build_lr_scheduler
 
 from fastinst.engine.time_budget import (
     measure_seconds_per_iter,
@@ -33,7 +35,16 @@ def test_scaled_schedule_keeps_the_shape(make_tiny_cfg) -> None:
     cfg.TEST.EVAL_PERIOD = 100
     slow = as_dict(scaled_schedule(cfg, 60.0, 1.0))  # one iteration fits
     assert slow["SOLVER.MAX_ITER"] == "1" and slow["SOLVER.CHECKPOINT_PERIOD"] == "1"
-    assert slow["TEST.EVAL_PERIOD"] == "1" and slow["SOLVER.STEPS"] == "(1, 1)"
+    assert slow["TEST.EVAL_PERIOD"] == "1" and slow["SOLVER.STEPS"] == "()"
+    # the quickstart's late steps on a short budget: 1232 and 1344 of 1400 -> 7.9 and 8.6 of 9, i.e. (8, 9),
+    # and a step at MAX_ITER is refused by detectron2's LR schedule, so it is left out
+    late = make_tiny_cfg("SOLVER.MAX_ITER", 1400, "SOLVER.STEPS", (1232, 1344))
+    short = as_dict(scaled_schedule(late, 0.1, 0.015))
+    assert short["SOLVER.MAX_ITER"] == "9" and short["SOLVER.STEPS"] == "(8,)"
+    scheduled = late.clone()
+    scheduled.merge_from_list(scaled_schedule(late, 0.1, 0.015))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    build_lr_scheduler(scheduled, optimizer)  # (8, 9) raised "Milestone must be smaller than ..." here
     cfg.merge_from_list(scaled_schedule(cfg, 0.25, 1.0))  # the strings merge back into a config
     assert cfg.SOLVER.MAX_ITER == 240 and tuple(cfg.SOLVER.STEPS) == (192, 223)
 
