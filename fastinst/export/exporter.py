@@ -87,6 +87,9 @@ def export_metadata(
         "num_classes": int(model.sem_seg_head.num_classes),
         "topk_per_image": int(model.test_topk_per_image),
         "small_input": str(getattr(model, "small_input", "error")),
+        # post-processing settings (MODEL.FASTINST.TEST.*); files without them mean 0.5 / False
+        "box_threshold": float(getattr(model, "test_box_threshold", 0.5)),
+        "largest_component": bool(getattr(model, "test_largest_component", False)),
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
         "thing_classes": list(classes["thing_classes"]) if classes.get("thing_classes") else None,

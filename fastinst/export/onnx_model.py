@@ -189,11 +189,22 @@ class OnnxFastInst:
                 out_size,
                 topk,
                 self.score_threshold,
+                box_threshold=self.metadata.get("box_threshold", 0.5),
+                largest_component=self.metadata.get("largest_component", False),
             )
             if not self.bool_masks:  # instance_inference returns bool; this option wants 0/1 floats
                 instances.pred_masks = instances.pred_masks.float()
             return instances
-        result = instance_postprocess(logits, masks, padded_size, (h, w), out_size, topk)
+        result = instance_postprocess(
+            logits,
+            masks,
+            padded_size,
+            (h, w),
+            out_size,
+            topk,
+            box_threshold=self.metadata.get("box_threshold", 0.5),
+            largest_component=self.metadata.get("largest_component", False),
+        )
         instances = Instances(out_size)
         masks = torch.from_numpy(result["masks"])
         instances.pred_masks = masks if self.bool_masks else masks.float()

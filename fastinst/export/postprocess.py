@@ -12,10 +12,12 @@ Shape shorthand: Q queries, K classes (+1 no-object), k kept instances, H8 x W8 
    into one matrix per axis (the same numbers up to float rounding).
 3. masks = sigmoid > 0.5; score = class probability x mean mask probability inside the mask (eps 1e-6).
 4. Boxes are the tight boxes of the masks (XYXY, exclusive end; zeros for empty masks), as detectron2's
-   `BitMasks.get_bounding_boxes`.
+   `BitMasks.get_bounding_boxes`; with `box_threshold` != 0.5, of the mask probability > box_threshold.
 5. Sorted by score, descending.
+With `largest_component` (MODEL.FASTINST.TEST.LARGEST_COMPONENT), each mask keeps only its largest 8-connected
+component before steps 3-4 (`keep_largest_component`).
 
-Pure numpy (no torch, no OpenCV), so it can ship next to an ONNX file. About 0.3 s for 100 instances at
+Pure numpy (no torch; OpenCV only with `largest_component`), so it can ship next to an ONNX file. About 0.3 s for 100 instances at
 576 x 768 on 2 CPU threads (resizing and the sigmoid of the full-size masks dominate).
 """
 
@@ -125,6 +127,53 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+def keep_largest_component(
+    mask: np.ndarray, probs: np.ndarray | None = None, box_threshold: float = 0.5
+) -> np.ndarray:
+    """Keep the largest 8-connected component of one mask, in place; return the box that goes with it.
+
+    mask (H, W) bool, changed in place (the other components become False); probs (H, W) float, the mask
+    probability it was thresholded from at 0.5 (needed only when box_threshold != 0.5).
+    Returns (4,) float32 XYXY (exclusive end; zeros for an empty mask): the component's tight box; with
+    box_threshold < 0.5, the tight box of the component of probs > box_threshold that holds it (thin parts
+    blurred below 0.5 but joined to the object); with box_threshold > 0.5, of probs > box_threshold inside it.
+    Ties between equal areas keep the component that starts first in raster order.
+
+    Why (not official; docs/training.md, "Boxes"): a query's mask also fires on other objects of its class, as
+    separate blobs. On the photos preset, 60% of the matched masks of a trained model had such blobs, 93% of
+    their pixels on other objects, and the tight box spans them all (median box/GT box area 1.7).
+    Uses OpenCV's `connectedComponentsWithStats` on the mask's own box.
+    """
+    import cv2
+
+    box = np.zeros(4, dtype=np.float32)
+    x0, y0, x1, y1 = (int(v) for v in masks_to_boxes(mask[None])[0])
+    if x1 == 0:  # empty
+        return box
+    crop = mask[y0:y1, x0:x1]  # the work stays within the mask's own box
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(crop.view(np.uint8), connectivity=8)
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if count > 2:
+        np.equal(labels, keep, out=crop)
+    x, y, w, h = stats[keep, :4]
+    box[:] = (x0 + x, y0 + y, x0 + x + w, y0 + y + h)
+    if probs is None or box_threshold == 0.5:
+        return box
+    if box_threshold > 0.5:
+        return masks_to_boxes((mask & (probs > box_threshold))[None])[0]
+    region = probs > box_threshold
+    rx0, ry0, rx1, ry1 = (int(v) for v in masks_to_boxes(region[None])[0])
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        np.ascontiguousarray(region[ry0:ry1, rx0:rx1]).view(np.uint8), connectivity=8
+    )
+    seed_y, seed_x = np.unravel_index(
+        int(np.argmax(mask)), mask.shape
+    )  # in the kept component: > 0.5 > t
+    x, y, w, h = stats[labels[seed_y - ry0, seed_x - rx0], :4]
+    box[:] = (rx0 + x, ry0 + y, rx0 + x + w, ry0 + y + h)
+    return box
+
+
 def instance_postprocess(
     cls_logits: np.ndarray,
     mask_logits: np.ndarray,
@@ -132,11 +181,15 @@ def instance_postprocess(
     image_size: tuple[int, int],
     out_size: tuple[int, int] | None = None,
     topk: int = 100,
+    box_threshold: float = 0.5,
+    largest_component: bool = False,
 ) -> dict[str, np.ndarray]:
     """Instances of one image from the graph outputs (batch index removed).
 
     cls_logits (Q, K+1), mask_logits (Q, H8, W8); padded_size (Hp, Wp) the graph's padded input size; image_size
-    (h, w) the image fed to the graph; out_size (height, width), default image_size.
+    (h, w) the image fed to the graph; out_size (height, width), default image_size. box_threshold and
+    largest_component: MODEL.FASTINST.TEST.BOX_THRESHOLD / LARGEST_COMPONENT (the export metadata's
+    "box_threshold" / "largest_component").
     Returns a dict, sorted by score: "masks" (k, height, width) bool, "scores" (k,) float32, "classes" (k,)
     int64, "boxes" (k, 4) float32 XYXY.
     """
@@ -147,6 +200,13 @@ def instance_postprocess(
     probs = resize_mask_logits(mask_logits[unique], padded_size, image_size, out_size)
     probs = sigmoid(probs, out=probs)  # (u, height, width)
     masks = probs > 0.5  # (u, height, width)
+    if largest_component:
+        boxes = np.stack(
+            [keep_largest_component(m, p, box_threshold) for m, p in zip(masks, probs)]
+        )
+    else:
+        boxes = masks_to_boxes(masks if box_threshold == 0.5 else probs > box_threshold)
+    boxes = boxes.reshape(-1, 4)
     area = masks.sum(axis=(1, 2), dtype=np.float32)  # (u,)
     inside = np.where(masks, probs, np.float32(0)).sum(axis=(1, 2))  # (u,)
     mask_scores = inside / (area + np.float32(1e-6))
@@ -157,5 +217,5 @@ def instance_postprocess(
         "masks": masks[query_order],
         "scores": scores[order],
         "classes": labels[order],
-        "boxes": masks_to_boxes(masks)[query_order],
+        "boxes": boxes[query_order],
     }

@@ -76,6 +76,7 @@ class FastInst(nn.Module):
         test_topk_per_image: int,
         small_input: str = "error",
         box_threshold: float = 0.5,
+        largest_component: bool = False,
     ):
         super().__init__()
         if small_input not in SMALL_INPUT_POLICIES:
@@ -98,6 +99,8 @@ class FastInst(nn.Module):
         self.test_score_threshold = 0.0
         # Boxes around the mask probability > box_threshold (0.5: the masks' own tight boxes).
         self.test_box_threshold = box_threshold
+        # Each mask keeps only its largest connected component (MODEL.FASTINST.TEST.LARGEST_COMPONENT).
+        self.test_largest_component = bool(largest_component)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         # checkpoints holding only one of the two `empty_weight` paths still load cleanly (SPEC §10 F10)
@@ -134,6 +137,7 @@ class FastInst(nn.Module):
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "small_input": fi.SMALL_INPUT,
             "box_threshold": fi.TEST.BOX_THRESHOLD,
+            "largest_component": fi.TEST.LARGEST_COMPONENT,
         }
 
     @property
@@ -198,6 +202,7 @@ class FastInst(nn.Module):
                         self.test_topk_per_image,
                         self.test_score_threshold,
                         box_threshold=self.test_box_threshold,
+                        largest_component=self.test_largest_component,
                     )
                 else:
                     instances = instance_inference_reference(*args, self.test_topk_per_image)

@@ -15,6 +15,7 @@ The numbers are bit-identical to `instance_inference_reference` (tests/modeling/
 of the work.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
@@ -99,6 +100,7 @@ def instance_inference(
     topk: int = 100,
     score_threshold: float = 0.0,
     box_threshold: float = 0.5,
+    largest_component: bool = False,
 ) -> Instances:
     """Instances of one image from the last decoder layer.
 
@@ -118,6 +120,11 @@ def instance_inference(
     `box_threshold` != 0.5 takes each box around the mask probability > box_threshold instead of the mask's
     own pixels (> 0.5; masks and scores do not change). A stride-8 map blurs thin extremities (bars, tips) below
     0.5; they hold little area but set the extent: tools/mask_map_bound.py and docs/training.md ("Input size").
+
+    `largest_component` (MODEL.FASTINST.TEST.LARGEST_COMPONENT; not official) keeps only the largest 8-connected
+    component of each mask, before its score and box are computed; the box is then the one
+    `fastinst.export.postprocess.keep_largest_component` gives (box_threshold applies to the region joined to
+    that component). It runs on the CPU with OpenCV (masks on a GPU are copied there and back).
     """
     scores, queries, labels = topk_pairs(cls_logits, topk)
     rows_needed = len(
@@ -144,12 +151,17 @@ def instance_inference(
             logits[start:end], padded_size, image_size, out_size, skip_identity=True
         ).sigmoid_()  # (c, height, width)
         chunk = torch.gt(probs, 0.5, out=binary[start:end])  # (c, height, width)
-        box_masks = chunk if box_threshold == 0.5 else probs > box_threshold  # before threshold_
+        if largest_component:
+            boxes[start:end] = _keep_largest_components(chunk, probs, box_threshold)
+        else:
+            boxes[start:end] = mask_boxes(chunk if box_threshold == 0.5 else probs > box_threshold)
         as_bytes = chunk.view(torch.uint8) if not torch.jit.is_tracing() else chunk.int()
         count[start:end] = as_bytes.flatten(1).sum(1, dtype=torch.int32).float()  # exact
-        probs = F.threshold_(probs, 0.5, 0.0)  # = probs * mask, value for value
+        if largest_component:
+            probs = probs.mul_(chunk)
+        else:
+            probs = F.threshold_(probs, 0.5, 0.0)  # = probs * mask, value for value
         inside[start:end] = _row_sums(probs.flatten(1), rows_needed)
-        boxes[start:end] = mask_boxes(box_masks)
 
     final = scores * (inside / (count + 1e-6))[inverse]  # (k,)
     order = torch.argsort(final, descending=True, stable=True)
@@ -159,6 +171,25 @@ def instance_inference(
     result.scores = final[order]
     result.pred_classes = labels[order]
     return result
+
+
+def _keep_largest_components(masks: Tensor, probs: Tensor, box_threshold: float) -> Tensor:
+    """`keep_largest_component` on each of (c, height, width) bool masks, in place; returns (c, 4) boxes."""
+    # imported here: fastinst.export imports this module (one numpy implementation for both post-processings)
+    from fastinst.export.postprocess import keep_largest_component
+
+    on_cpu = masks.device.type == "cpu"
+    host = masks.numpy() if on_cpu else masks.cpu().numpy()
+    host_probs = None if box_threshold == 0.5 else probs.detach().cpu().numpy()
+    boxes = [
+        keep_largest_component(
+            host[i], None if host_probs is None else host_probs[i], box_threshold
+        )
+        for i in range(len(host))
+    ]
+    if not on_cpu:
+        masks.copy_(torch.from_numpy(host))
+    return torch.from_numpy(np.stack(boxes)).reshape(-1, 4).to(masks.device)
 
 
 def _sorted_instances(out_size, masks: Tensor, boxes: Boxes, scores: Tensor, labels: Tensor):

@@ -44,7 +44,9 @@ def test_scaled_schedule_keeps_the_shape(make_tiny_cfg) -> None:
     scheduled = late.clone()
     scheduled.merge_from_list(scaled_schedule(late, 0.1, 0.015))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    build_lr_scheduler(scheduled, optimizer)  # (8, 9) raised "Milestone must be smaller than ..." here
+    build_lr_scheduler(
+        scheduled, optimizer
+    )  # (8, 9) raised "Milestone must be smaller than ..." here
     cfg.merge_from_list(scaled_schedule(cfg, 0.25, 1.0))  # the strings merge back into a config
     assert cfg.SOLVER.MAX_ITER == 240 and tuple(cfg.SOLVER.STEPS) == (192, 223)
 

@@ -113,13 +113,17 @@ def test_masks_to_boxes_matches_detectron2():
     np.testing.assert_array_equal(masks_to_boxes(masks.numpy()), expected)
 
 
-def test_numpy_postprocess_matches_torch():
+@pytest.mark.parametrize(
+    "box_threshold, largest_component", [(0.5, False), (0.3, False), (0.3, True)]
+)
+def test_numpy_postprocess_matches_torch(box_threshold, largest_component):
     g = torch.Generator().manual_seed(1)
     cls = torch.randn(16, 6, generator=g) * 3  # Q = 16, K = 5
-    masks = torch.randn(16, 8, 12, generator=g) * 4  # padded 64 x 96
+    masks = torch.randn(16, 8, 12, generator=g) * 4  # padded 64 x 96: masks of several components
     padded, image, out = (64, 96), (60, 90), (120, 181)
-    ref = instance_inference(cls, masks, padded, image, out, topk=50)
-    got = instance_postprocess(cls.numpy(), masks.numpy(), padded, image, out, topk=50)
+    options = {"box_threshold": box_threshold, "largest_component": largest_component}
+    ref = instance_inference(cls, masks, padded, image, out, topk=50, **options)
+    got = instance_postprocess(cls.numpy(), masks.numpy(), padded, image, out, topk=50, **options)
     np.testing.assert_allclose(got["scores"], ref.scores.numpy(), atol=1e-5, rtol=0)
     np.testing.assert_array_equal(got["classes"], ref.pred_classes.numpy())
     agreement = (torch.from_numpy(got["masks"]) == (ref.pred_masks > 0.5)).float().mean().item()
@@ -309,6 +313,28 @@ def test_dynamic_onnx_matches_pytorch(model, dynamic_onnx, size):
     image = random_image(*size, seed=size[0]).float()
     assert_raw_outputs_match(model, runner.run, image)
     assert_instances_match(runner(image), pytorch_instances(model, image, *size))
+
+
+def test_exported_post_processing_settings_are_honoured(model, dynamic_onnx):
+    """BOX_THRESHOLD / LARGEST_COMPONENT travel in the export metadata; both post-processings apply them."""
+    assert (dynamic_onnx_meta := read_onnx_metadata(dynamic_onnx))["box_threshold"] == 0.5
+    assert dynamic_onnx_meta["largest_component"] is False
+    image = random_image(100, 130, seed=7).float()
+    model.test_box_threshold, model.test_largest_component = 0.3, True
+    try:
+        assert export_metadata(model, (64, 96), True)["largest_component"] is True
+        ref = pytorch_instances(model, image, 100, 130)
+    finally:
+        model.test_box_threshold, model.test_largest_component = 0.5, False
+    for postprocess in ("torch", "numpy"):
+        runner = OnnxFastInst(dynamic_onnx, postprocess=postprocess)
+        runner.metadata.update(
+            box_threshold=0.3, largest_component=True
+        )  # as a file exported so would say
+        assert_instances_match(runner(image), ref)
+    assert not torch.equal(
+        pytorch_instances(model, image, 100, 130).pred_boxes.tensor, ref.pred_boxes.tensor
+    )
 
 
 def test_dynamic_onnx_rejects_small_sides(dynamic_onnx):
