@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 
@@ -16,9 +17,9 @@ from pycocotools.coco import COCO
 from fastinst.modeling.postprocessing import mask_boxes
 from tests.conftest import REPO
 
-import importlib.util
-
-_spec = importlib.util.spec_from_file_location("box_diagnostics", REPO / "tools" / "box_diagnostics.py")
+_spec = importlib.util.spec_from_file_location(
+    "box_diagnostics", REPO / "tools" / "box_diagnostics.py"
+)
 box_diagnostics = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(box_diagnostics)
 
@@ -67,7 +68,10 @@ def test_a_mask_that_also_fires_on_the_other_object(coco):
     assert rows["biou"] == pytest.approx([100 / leaky_box, 1.0])
     lines = box_diagnostics.report(rows, 2)
     assert lines[0] == "matched 2 of 2 objects (mask IoU >= 0.5)"
-    assert "masks with > 1 component: 50%; their pixels outside the largest component: 36, 100%" in lines[-2]
+    assert (
+        "masks with > 1 component: 50%; their pixels outside the largest component: 36, 100%"
+        in lines[-2]
+    )
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

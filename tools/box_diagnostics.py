@@ -57,7 +57,9 @@ def diagnose(predictor, coco, image_root: str, max_matches_per_image: int = 100)
         objects = np.any(gt_masks, axis=0)
         pred_rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
         gt_rles = mask_util.encode(np.asfortranarray(np.stack(gt_masks, -1).astype(np.uint8)))
-        ious = mask_util.iou(pred_rles, gt_rles, [0] * len(gt_rles))  # (P, G), predictions in score order
+        ious = mask_util.iou(
+            pred_rles, gt_rles, [0] * len(gt_rles)
+        )  # (P, G), predictions in score order
         for g, gt in enumerate(gt_masks):
             hits = np.flatnonzero(ious[:, g] >= 0.5) if len(masks) else []
             if len(hits) == 0:
@@ -66,7 +68,9 @@ def diagnose(predictor, coco, image_root: str, max_matches_per_image: int = 100)
             gt_box = mask_util.toBbox(gt_rles[g])
             gt_box = np.array([gt_box[0], gt_box[1], gt_box[0] + gt_box[2], gt_box[1] + gt_box[3]])
             extent = max(gt_box[2] - gt_box[0], gt_box[3] - gt_box[1])
-            count, labels, stats, _ = cv2.connectedComponentsWithStats(masks[j].view(np.uint8), connectivity=8)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(
+                masks[j].view(np.uint8), connectivity=8
+            )
             if count > 2:
                 largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
                 outside = (labels > 0) & (labels != largest)
