@@ -212,21 +212,55 @@ def match_by_iou(ref, got) -> list[float]:
     return best
 
 
-def test_int8_matches_fp32_on_a_trained_model(tmp_path):
+@pytest.fixture(scope="module")
+def trained_int8(tmp_path_factory):
+    """The briefly trained tiny model and its INT8 IR written by tools/export_model.py, calibrated on 8 shapes
+    images: one NNCF quantization (the slow part) for the CLI test and the accuracy test."""
+    folder = tmp_path_factory.mktemp("int8")
     model = train_briefly()
-    folder = tmp_path / "calibration"
-    folder.mkdir()
+    calibration = folder / "calibration"
+    calibration.mkdir()
     rng = np.random.default_rng(1)
     for i in range(8):
-        Image.fromarray(shapes_sample(rng)[0]).save(folder / f"{i}.png")
+        Image.fromarray(shapes_sample(rng)[0]).save(calibration / f"{i}.png")
+    weights = folder / "trained.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    output = folder / "out" / "trained_int8.xml"
+    cmd = [
+        sys.executable, str(EXPORT_TOOL), "--config-file", str(TINY_YAML), "--format", "openvino",
+        "--output", str(output), "--input-size", str(SIZE), str(SIZE), "--int8", "--calibration",
+        str(calibration), "--calibration-size", "8", "MODEL.WEIGHTS", str(weights),
+        "INPUT.MIN_SIZE_TEST", str(SIZE), "INPUT.MAX_SIZE_TEST", str(SIZE),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return model, proc, output, calibration
+
+
+@pytest.mark.slow  # a subprocess, an export and a quantization
+def test_cli_writes_an_int8_ir(trained_int8):
+    _, proc, output, calibration = trained_int8
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "calibration: 8 images from" in proc.stdout and "verify: INT8" in proc.stdout
+    meta = read_openvino_metadata(output)
+    assert meta["precision"] == "int8" and meta["calibration_size"] == 8
+    assert meta["keep_fp32"] == ["decoder-attention"]
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "trained_int8.bin",
+        "trained_int8.xml",
+    ]
+    assert Path(output).stat().st_size > 0
+    # the calibration images were prepared as at test time: (1, 3, SIZE, SIZE) graph inputs
+    inputs = calibration_inputs(
+        calibration_images(calibration), read_openvino_metadata(output), (SIZE, SIZE)
+    )
+    assert len(inputs) == 8 and inputs[0].shape == (1, 3, SIZE, SIZE)
+
+
+def test_int8_matches_fp32_on_a_trained_model(trained_int8, tmp_path):
+    model, proc, int8_xml, _ = trained_int8
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     onnx_path = export_onnx(model, tmp_path / "trained.onnx", (SIZE, SIZE))
     fp32 = OpenVinoFastInst(onnx_to_openvino(onnx_path, tmp_path / "fp32.xml"))
-    images = calibration_images(folder)
-    inputs = calibration_inputs(images, read_onnx_metadata(onnx_path), (SIZE, SIZE))
-    assert len(inputs) == 8 and inputs[0].shape == (1, 3, SIZE, SIZE)
-    int8_xml = onnx_to_openvino(onnx_path, tmp_path / "int8.xml", calibration=inputs)
-    meta = read_openvino_metadata(int8_xml)
-    assert meta["precision"] == "int8" and meta["keep_fp32"] == ["decoder-attention"]
     int8 = OpenVinoFastInst(int8_xml)
     ious = []
     rng = np.random.default_rng(2)
@@ -241,26 +275,3 @@ def test_int8_matches_fp32_on_a_trained_model(tmp_path):
     matched = np.mean(ious >= INT8_MIN_IOU)
     assert matched >= INT8_MIN_MATCHED, f"{matched:.2f} of {len(ious)} instances matched: {ious}"
     assert ious.mean() >= INT8_MIN_MEAN_IOU
-
-
-@pytest.mark.slow  # ~20 s: a subprocess, an export and a quantization
-def test_cli_writes_an_int8_ir(model, tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(3):
-        Image.fromarray(random_image(70, 100, i).permute(1, 2, 0).numpy()).save(folder / f"{i}.jpg")
-    weights = tmp_path / "tiny.pth"
-    torch.save({"model": model.state_dict()}, weights)
-    output = tmp_path / "out" / "tiny_int8.xml"
-    cmd = [
-        sys.executable, str(EXPORT_TOOL), "--config-file", str(TINY_YAML), "--format", "openvino",
-        "--output", str(output), "--input-size", "64", "96", "--int8", "--calibration", str(folder),
-        "--calibration-size", "2", "MODEL.WEIGHTS", str(weights),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "calibration: 2 images from" in proc.stdout and "verify: INT8" in proc.stdout
-    meta = read_openvino_metadata(output)
-    assert meta["precision"] == "int8" and meta["calibration_size"] == 2
-    assert sorted(p.name for p in output.parent.iterdir()) == ["tiny_int8.bin", "tiny_int8.xml"]
-    assert Path(output).stat().st_size > 0
