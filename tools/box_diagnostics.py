@@ -7,7 +7,7 @@
 KEY VALUE pairs override the config (e.g. MODEL.FASTINST.TEST.LARGEST_COMPONENT True). For each ground-truth object
 (not crowd), the highest-scoring prediction whose mask IoU with it is >= 0.5 is its match. Printed:
 - matched objects, median mask IoU and box IoU (the model's own pred_boxes against the json's mask boxes), for all
-  objects, compact ones and those with a thin part (extent > 2 x sqrt(area));
+  objects, compact ones and those with a thin part (`fastinst.data.dataset_stats.has_thin_part`);
 - the share of matched masks with more than one 8-connected component, and the share of the pixels outside each
   such mask's largest component that lie on other objects (a mask firing on other objects of its class);
 - the median and 90th percentile of predicted box area / object box area, and of the width error in px.
@@ -26,20 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two XYXY boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def diagnose(predictor, coco, image_root: str, max_matches_per_image: int = 100) -> dict[str, list]:
     """Per matched object: mask IoU, box IoU, thin?, components, stray pixels (total, on objects), box ratios."""
     import cv2
     import pycocotools.mask as mask_util
+    import torch
+    from detectron2.structures import Boxes, pairwise_iou
 
+    from fastinst.data.dataset_stats import has_thin_part
     from fastinst.data.image_io import read_image
 
     rows: dict[str, list] = {k: [] for k in ("miou", "biou", "thin", "multi", "ratio", "dw")}
@@ -67,7 +61,6 @@ def diagnose(predictor, coco, image_root: str, max_matches_per_image: int = 100)
             j = hits[0]
             gt_box = mask_util.toBbox(gt_rles[g])
             gt_box = np.array([gt_box[0], gt_box[1], gt_box[0] + gt_box[2], gt_box[1] + gt_box[3]])
-            extent = max(gt_box[2] - gt_box[0], gt_box[3] - gt_box[1])
             count, labels, stats, _ = cv2.connectedComponentsWithStats(
                 masks[j].view(np.uint8), connectivity=8
             )
@@ -79,8 +72,14 @@ def diagnose(predictor, coco, image_root: str, max_matches_per_image: int = 100)
             pred_area = (boxes[j][2] - boxes[j][0]) * (boxes[j][3] - boxes[j][1])
             gt_area = (gt_box[2] - gt_box[0]) * (gt_box[3] - gt_box[1])
             rows["miou"].append(float(ious[j, g]))
-            rows["biou"].append(box_iou(boxes[j], gt_box))
-            rows["thin"].append(bool(extent > 2 * np.sqrt(gt.sum())))
+            rows["biou"].append(
+                pairwise_iou(
+                    Boxes(torch.as_tensor(boxes[j : j + 1])), Boxes(torch.as_tensor(gt_box[None]))
+                ).item()
+            )
+            rows["thin"].append(
+                has_thin_part(gt_box[2] - gt_box[0], gt_box[3] - gt_box[1], gt.sum())
+            )
             rows["multi"].append(count > 2)
             rows["ratio"].append(float(pred_area / max(gt_area, 1e-9)))
             rows["dw"].append(float((boxes[j][2] - boxes[j][0]) - (gt_box[2] - gt_box[0])))

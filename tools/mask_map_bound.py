@@ -6,7 +6,8 @@ Every ground-truth mask of a COCO json is reduced to the stride-8 grid of its im
 thresholded at 0.5, as the model's post-processing does with its mask logits; its box is the tight box of that
 mask (`fastinst.modeling.postprocessing.mask_boxes`) or, with --box-threshold, of the map thresholded lower.
 The results are scored with pycocotools as predictions of score 1 (mask AP, box AP, AP-small) and summarised as
-median mask / box IoUs for compact objects and for objects with a thin part (extent > 2 x sqrt(area)).
+median mask / box IoUs for compact objects and for objects with a thin part
+(`fastinst.data.dataset_stats.has_thin_part`: extent > 2 x sqrt(area)).
 
     python tools/mask_map_bound.py photos/annotations/instances_val.json --sizes 176 256 416 512
 
@@ -24,23 +25,15 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from fastinst.data.dataset_stats import has_thin_part
 from fastinst.modeling.postprocessing import mask_boxes
 
 STRIDE = 8
-ELONGATED = 2.0  # extent / sqrt(area) above which an object counts as having a thin part
-
-
-def _box_iou(xyxy: list[float], xywh: list[float]) -> float:
-    """IoU of an (x0, y0, x1, y1) box and a COCO (x, y, w, h) box."""
-    iw = max(0.0, min(xyxy[2], xywh[0] + xywh[2]) - max(xyxy[0], xywh[0]))
-    ih = max(0.0, min(xyxy[3], xywh[1] + xywh[3]) - max(xyxy[1], xywh[1]))
-    inter = iw * ih
-    union = (xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1]) + xywh[2] * xywh[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 def reduced_masks(coco: COCO, side: int, box_threshold: float):
@@ -68,8 +61,10 @@ def evaluate(coco: COCO, side: int, box_threshold: float) -> str:
     for image_id, ann, mask, box in reduced_masks(coco, side, box_threshold):
         gt = coco.annToMask(ann).astype(bool)
         union = (mask | gt).sum()
-        elongation = max(ann["bbox"][2:]) / np.sqrt(max(ann["area"], 1e-6))
-        rows.append(((mask & gt).sum() / max(union, 1), _box_iou(box, ann["bbox"]), elongation))
+        gt_box = BoxMode.convert(ann["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+        box_iou = pairwise_iou(Boxes(torch.tensor([box])), Boxes(torch.tensor([gt_box]))).item()
+        thin = has_thin_part(ann["bbox"][2], ann["bbox"][3], ann["area"])
+        rows.append(((mask & gt).sum() / max(union, 1), box_iou, thin))
         rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
@@ -91,7 +86,7 @@ def evaluate(coco: COCO, side: int, box_threshold: float) -> str:
             ev.summarize()
         ap[task] = (100 * ev.stats[0], 100 * ev.stats[3])
     r = np.array(rows)
-    thin = r[:, 2] > ELONGATED
+    thin = r[:, 2] > 0
     groups = []
     for name, sel in (("compact", ~thin), ("thin part", thin)):
         if sel.any():

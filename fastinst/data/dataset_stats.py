@@ -14,7 +14,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DatasetStats", "coco_dataset_stats", "dataset_stats_from_dicts"]
+__all__ = ["DatasetStats", "coco_dataset_stats", "dataset_stats_from_dicts", "has_thin_part"]
+
+# An object whose extent (the long side of its box) exceeds this many times sqrt(area) has a thin part (a bar, a
+# long tip): a 40 x 10 px bar has 40 / 20 = 2. Used to split the box figures of tools/mask_map_bound.py and
+# tools/box_diagnostics.py (docs/training.md, "Boxes").
+THIN_PART_RATIO = 2.0
+
+
+def has_thin_part(box_width: float, box_height: float, area: float) -> bool:
+    """True when max(box_width, box_height) > THIN_PART_RATIO x sqrt(area) (pixels, pixels, pixels^2)."""
+    return max(box_width, box_height) > THIN_PART_RATIO * math.sqrt(max(area, 1e-6))
 
 
 @dataclass(frozen=True)

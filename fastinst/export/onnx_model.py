@@ -83,6 +83,14 @@ class OnnxFastInst:
             )
         self._setup(json.loads(props[METADATA_KEY]), pad_to_input_size, bool_masks, postprocess)
 
+    def postprocess_options(self) -> dict:
+        """MODEL.FASTINST.TEST.BOX_THRESHOLD / LARGEST_COMPONENT as the export metadata records them (files
+        exported before they were recorded: 0.5 and False, the official behaviour)."""
+        return {
+            "box_threshold": float(self.metadata.get("box_threshold", 0.5)),
+            "largest_component": bool(self.metadata.get("largest_component", False)),
+        }
+
     def _setup(
         self, metadata: dict, pad_to_input_size: bool, bool_masks: bool, postprocess: str
     ) -> None:
@@ -189,8 +197,7 @@ class OnnxFastInst:
                 out_size,
                 topk,
                 self.score_threshold,
-                box_threshold=self.metadata.get("box_threshold", 0.5),
-                largest_component=self.metadata.get("largest_component", False),
+                **self.postprocess_options(),
             )
             if not self.bool_masks:  # instance_inference returns bool; this option wants 0/1 floats
                 instances.pred_masks = instances.pred_masks.float()
@@ -202,8 +209,7 @@ class OnnxFastInst:
             (h, w),
             out_size,
             topk,
-            box_threshold=self.metadata.get("box_threshold", 0.5),
-            largest_component=self.metadata.get("largest_component", False),
+            **self.postprocess_options(),
         )
         instances = Instances(out_size)
         masks = torch.from_numpy(result["masks"])

@@ -7,7 +7,11 @@ import math
 
 import pytest
 
-from fastinst.data.dataset_stats import coco_dataset_stats, dataset_stats_from_dicts
+from fastinst.data.dataset_stats import (
+    coco_dataset_stats,
+    dataset_stats_from_dicts,
+    has_thin_part,
+)
 
 
 def _images():
@@ -86,3 +90,12 @@ def test_registration_summary_has_the_sizes(tmp_path) -> None:
         MetadataCatalog.remove("stats_train")
     assert summary["sizes"] == coco_dataset_stats(json_file).as_dict()
     assert summary["sizes"]["image_short"] == 96
+
+
+def test_thin_part_rule() -> None:
+    assert not has_thin_part(
+        40, 10, 400
+    )  # a full 40 x 10 bar: extent 40 = 2 x sqrt(400), not above
+    assert has_thin_part(41, 10, 400)
+    assert not has_thin_part(20, 20, 400)  # a square
+    assert has_thin_part(60, 60, 800)  # an L of two 60 x ~6.9 px arms: extent 60 > 2 x 28.3

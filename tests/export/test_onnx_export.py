@@ -317,8 +317,8 @@ def test_dynamic_onnx_matches_pytorch(model, dynamic_onnx, size):
 
 def test_exported_post_processing_settings_are_honoured(model, dynamic_onnx):
     """BOX_THRESHOLD / LARGEST_COMPONENT travel in the export metadata; both post-processings apply them."""
-    assert (dynamic_onnx_meta := read_onnx_metadata(dynamic_onnx))["box_threshold"] == 0.5
-    assert dynamic_onnx_meta["largest_component"] is False
+    meta = read_onnx_metadata(dynamic_onnx)
+    assert meta["box_threshold"] == 0.5 and meta["largest_component"] is False
     image = random_image(100, 130, seed=7).float()
     model.test_box_threshold, model.test_largest_component = 0.3, True
     try:
