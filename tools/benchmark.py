@@ -36,7 +36,10 @@ Each is timed as ``runner(image)``: padding, the graph, the PyTorch post-process
 ``--sizes 320x448 448x608 576x768`` measures every row at each size (one table per size and a summary).
 
 All weights are random (timing only; the outputs are meaningless). With random weights Mask R-CNN keeps few
-detections, so its ROI heads do less work than with trained weights; FastInst's work does not depend on the weights.
+detections, so its ROI heads do less work than with trained weights. FastInst's graph does not depend on the
+weights; its post-processing skips the resizing of empty masks, and random weights give only empty masks, so with
+random weights the skip is turned off (``--skip-empty-masks auto``): every one of the top-100 masks is resized
+and measured, as if all were non-empty (the worst case; a trained model's figure is in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import torch  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
+import fastinst.export.postprocess  # noqa: E402
 from fastinst import add_fastinst_config  # noqa: E402
 from fastinst.checkpoint import load_checkpoint  # noqa: E402
 from fastinst.inference import (  # noqa: E402
@@ -105,6 +109,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="several input sizes, e.g. 320x448 448x608 576x768 (instead of --input-size)",
     )
     parser.add_argument("--weights", default="", help="FastInst checkpoint ('' = random weights)")
+    parser.add_argument(
+        "--skip-empty-masks",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="skip the resizing of empty masks (fastinst.export.postprocess.SKIP_EMPTY_MASKS); auto: on with "
+        "--weights, off with random weights (all their masks are empty: off times the work of 100 non-empty "
+        "masks, the worst case)",
+    )
     parser.add_argument(
         "--keep-freed-memory",
         choices=["optimised", "all", "none"],
@@ -307,8 +319,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tempfile
-
     args = get_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available; use --device cpu.")
@@ -317,6 +327,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.runtimes and args.device != "cpu":
         raise SystemExit("--runtimes are measured on the CPU only.")
     torch.set_num_threads(args.threads)
+    skip = args.skip_empty_masks == "on" or (args.skip_empty_masks == "auto" and bool(args.weights))
+    previous, fastinst.export.postprocess.SKIP_EMPTY_MASKS = (
+        fastinst.export.postprocess.SKIP_EMPTY_MASKS,
+        skip,
+    )
+    try:
+        run_benchmark(args)
+    finally:  # the setting is process-wide: give it back (in-process callers, tests)
+        fastinst.export.postprocess.SKIP_EMPTY_MASKS = previous
+    return 0
+
+
+def run_benchmark(args) -> None:
+    """Every size's table (and the summary of several sizes), printed."""
+    import tempfile
+
     cfg = fastinst_cfg(args.config_file, args.opts, args.device)
     if args.sizes:
         sizes = [parse_size(s) for s in args.sizes]
@@ -337,7 +363,6 @@ def main(argv: list[str] | None = None) -> int:
             print_report(args, size, device, rows)
     if len(sizes) > 1:
         print(format_summary(summary))
-    return 0
 
 
 def print_report(args, size, device: str, rows: list[Row]) -> None:
@@ -353,6 +378,16 @@ def print_report(args, size, device: str, rows: list[Row]) -> None:
     print(
         f"Weights: {args.weights or 'random'} FastInst, random Mask R-CNN "
         "(timing only; outputs are meaningless)."
+    )
+    skip = fastinst.export.postprocess.SKIP_EMPTY_MASKS
+    print(
+        "Post-processing: "
+        + (
+            "empty masks skipped"
+            if skip
+            else "every kept mask resized, empty or not (the worst case)"
+        )
+        + f" (--skip-empty-masks {args.skip_empty_masks})."
     )
     kept = {"optimised": "the optimised FastInst rows", "all": "all rows", "none": "no row"}
     print(

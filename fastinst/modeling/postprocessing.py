@@ -10,7 +10,10 @@ resizes, thresholds and measures only the u distinct masks it keeps (a few at a 
 the second resize when it is the identity (same size: bilinear weights 1 and 0), and gathers the k binary masks
 once, already in score order. With a score threshold (the predictor's), pairs whose class probability is below
 it are dropped before any mask is resized: the final score is the class probability times a mask score below 1,
-so they could not pass; memory then follows the instances kept, not the image size. Masks are returned as bool.
+so they could not pass; memory then follows the instances kept, not the image size. A query whose mask
+logits are all below `fastinst.export.postprocess.empty_logit_bound` (an empty mask: an untrained model's
+queries, or a trained model's unused ones) is not resized at all; its zeros are what the full computation
+gives. Masks are returned as bool.
 The numbers are bit-identical to `instance_inference_reference` (tests/modeling/test_model.py), with a fraction
 of the work.
 """
@@ -133,19 +136,29 @@ def instance_inference(
     if score_threshold > 0:
         keep = scores >= score_threshold  # (k,) -> k' <= k pairs that can pass
         scores, queries, labels = scores[keep], queries[keep], labels[keep]
+    # imported here: fastinst.export imports this module (one implementation for both post-processings)
+    from fastinst.export.postprocess import empty_logit_bound
+
     unique, inverse = torch.unique(queries, return_inverse=True)  # (u,), (k,)
     logits = mask_logits[unique]  # (u, H8, W8)
+    # A query whose logits are all below the bound has an empty mask and box at any size: only the others
+    # ("live", put first; the order of the distinct queries does not matter) are resized and measured
+    live = (logits.flatten(1) > empty_logit_bound(box_threshold)).any(1)  # (u,)
+    order = torch.argsort((~live).to(torch.uint8), stable=True)  # live queries first
+    logits, inverse = logits[order], torch.argsort(order)[inverse]
+    num_live = int(live.sum())
     u, (height, width) = len(unique), out_size
     binary = torch.empty((u, height, width), dtype=torch.bool, device=logits.device)
-    inside = torch.empty(u, device=logits.device)  # sum of probabilities inside each mask
-    count = torch.empty(u, device=logits.device)  # mask areas
-    boxes = torch.empty((u, 4), device=logits.device)
+    binary[num_live:] = False
+    inside = torch.zeros(u, device=logits.device)  # sum of probabilities inside each mask
+    count = torch.zeros(u, device=logits.device)  # mask areas
+    boxes = torch.zeros((u, 4), device=logits.device)  # an empty mask's box: zeros
     if logits.device.type == "cpu":
         step = max(2, CHUNK_PIXELS // max(height * width, 1))
     else:  # no cache to fit on a GPU, and each chunk costs ~10 kernel launches: one chunk (3 ms less on an H200)
-        step = max(u, 1)
-    for start in range(0, u, step):
-        end = min(start + step, u)
+        step = max(num_live, 1)
+    for start in range(0, num_live, step):
+        end = min(start + step, num_live)
         start = max(0, min(start, end - 2))  # >= 2 rows where possible, for bit-identical sums
         probs = resize_mask_logits(
             logits[start:end], padded_size, image_size, out_size, skip_identity=True

@@ -6,6 +6,7 @@ import runpy
 import pytest
 from fvcore.nn import parameter_count
 
+import fastinst.export.postprocess
 from fastinst.inference import default_input_size, synthetic_inputs
 from tests.conftest import CONFIG_DIR, OFFICIAL_CONFIGS, REPO, TINY_OPTS, make_cfg, tiny_model
 
@@ -85,6 +86,9 @@ def test_benchmark_prints_a_table_with_mask_rcnn_and_ratios(capsys):
     assert tool("benchmark")(args) == 0
     out = capsys.readouterr().out
     assert "Input: 3x64x96, batch 1" in out and "random" in out
+    # random weights give only empty masks: the post-processing times every mask's work instead of skipping it
+    assert "Post-processing: every kept mask resized, empty or not (the worst case)" in out
+    assert fastinst.export.postprocess.SKIP_EMPTY_MASKS  # the process-wide setting is given back
     rows = {
         line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
         for line in out.splitlines()
