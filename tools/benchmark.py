@@ -123,6 +123,11 @@ def get_parser() -> argparse.ArgumentParser:
         default="optimised",
         help="rows that run with fastinst.inference.keep_freed_memory() (default: the optimised ones)",
     )
+    parser.add_argument(
+        "--perf-count",
+        action="store_true",
+        help="OpenVINO rows: compile with PERF_COUNT and print where the graph's time goes (by kind of op)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per row (>= 1)")
     parser.add_argument("--runs", type=int, default=10, help="timed calls per row")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="FastInst config KEY VALUE pairs")
@@ -136,6 +141,7 @@ class Row:
     compiled: bool
     run: Callable[[], object]
     keep_memory: bool = False
+    runner: object = None  # exported rows: the OnnxFastInst / OpenVinoFastInst
     first_s: float = float("nan")
     times: list[float] = dataclasses.field(default_factory=list)
 
@@ -246,11 +252,15 @@ def runtime_rows(args, paths: dict[str, str], inputs: list[dict], size) -> list[
             label, precision = "FastInst onnxruntime", "fp32"
         else:
             runner = OpenVinoFastInst(
-                paths[name], num_threads=args.threads, bool_masks=True, static_size=size
+                paths[name],
+                num_threads=args.threads,
+                bool_masks=True,
+                static_size=size,
+                perf_count=args.perf_count,
             )
             label = "FastInst OpenVINO"
             precision = "int8" if name.endswith("int8") else "fp32"
-        rows.append(Row(label, precision, False, lambda r=runner: r(image), keep))
+        rows.append(Row(label, precision, False, lambda r=runner: r(image), keep, runner))
     return rows
 
 
@@ -395,6 +405,22 @@ def print_report(args, size, device: str, rows: list[Row]) -> None:
         f"{kept[args.keep_freed_memory]}; default malloc for the others."
     )
     print(format_table(rows))
+    for row in rows:
+        if getattr(row.runner, "perf_count", False):
+            print(format_op_times(row, row.runner.op_times()))
+
+
+def format_op_times(row: Row, times: dict[str, float], top: int = 8) -> str:
+    """One paragraph: the graph's time (OpenVINO PERF_COUNT, the row's last run) against the row's median, and
+    the `top` largest kinds of op (`OpenVinoFastInst.op_times`)."""
+    graph = sum(times.values())
+    median = row.median * 1000
+    kinds = "; ".join(f"{kind} {ms:.1f}" for kind, ms in list(times.items())[:top])
+    return (
+        f"{row.name} {row.precision}: graph {graph:.1f} ms (sum of op times, last run), whole pipeline "
+        f"{median:.1f} ms (median), outside the graph ~{median - graph:.1f} ms. Largest kinds of op (ms): "
+        f"{kinds}."
+    )
 
 
 def format_summary(summary: list[tuple[tuple[int, int], list[Row]]]) -> str:

@@ -262,6 +262,8 @@ class OpenVinoFastInst(OnnxFastInst):
         device: OpenVINO device name ("CPU").
         static_size: (H, W), multiples of the size divisibility: a dynamic-size IR is reshaped to this one input
             size before compiling (faster; other sizes are then refused by the runtime).
+        perf_count: compile with OpenVINO's PERF_COUNT, so that `op_times()` can say where the graph's time goes
+            (adds a little time to each call).
 
     Raises FileNotFoundError for a missing .xml, ValueError (naming the file) for one OpenVINO cannot read or
     that has no FastInst metadata.
@@ -278,6 +280,7 @@ class OpenVinoFastInst(OnnxFastInst):
         inference_precision: str = "f32",
         device: str = "CPU",
         static_size: tuple[int, int] | None = None,
+        perf_count: bool = False,
     ):
         import openvino as ov
 
@@ -297,9 +300,24 @@ class OpenVinoFastInst(OnnxFastInst):
         config = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY"}
         if num_threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
+        if perf_count:
+            config["PERF_COUNT"] = "YES"
+        self.perf_count = perf_count
         self.compiled = core.compile_model(ov_model, device, config)
         self._request = self.compiled.create_infer_request()
         self._setup(metadata, pad_to_input_size, bool_masks, postprocess)
+
+    def op_times(self) -> dict[str, float]:
+        """Milliseconds per kind of operation in the last graph run, largest first: "NodeType exec_type" (e.g.
+        "Convolution jit_avx2_I8": an INT8 convolution in oneDNN's AVX2 kernel) -> summed real time of the
+        nodes of that kind, from OpenVINO's profiling info. Needs `perf_count=True` (RuntimeError otherwise)."""
+        if not self.perf_count:
+            raise RuntimeError("op_times() needs an OpenVinoFastInst created with perf_count=True.")
+        totals: dict[str, float] = {}
+        for info in self._request.profiling_info:
+            key = f"{info.node_type} {info.exec_type}".strip()
+            totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1e3
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
     def run_graph(self, graph_input: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, 3, H, W) float32 -> pred_logits (1, Q, K+1), pred_masks (1, Q, H8, W8) (copies)."""

@@ -27,7 +27,6 @@ import math
 
 import numpy as np
 
-
 # False: every kept mask is resized and measured, empty or not (tools/benchmark.py, to time the work of non-empty
 # masks with random weights, whose masks are all empty).
 SKIP_EMPTY_MASKS = True

@@ -103,6 +103,22 @@ def test_predictor_runs_an_openvino_model(model, exported, tmp_path):
         FastInstPredictor(str(TINY_YAML), weights=exported[1], compile=True)
 
 
+def test_op_times_say_where_the_graph_time_goes(exported):
+    """PERF_COUNT profiling: every kind of op of the tiny graph, in ms, largest first; refused without it."""
+    runner = OpenVinoFastInst(exported[1], num_threads=1, perf_count=True)
+    image = random_image(64, 96, seed=3).float()
+    runner(image)
+    times = runner.op_times()
+    kinds = list(times)
+    assert any(k.startswith("Convolution ") for k in kinds)  # "Convolution <oneDNN kernel>"
+    assert all(v >= 0 for v in times.values()) and sum(times.values()) > 0
+    assert list(times.values()) == sorted(times.values(), reverse=True)
+    with pytest.raises(
+        RuntimeError, match=r"op_times\(\) needs an OpenVinoFastInst created with perf_count"
+    ):
+        OpenVinoFastInst(exported[1]).op_times()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # bad input
 

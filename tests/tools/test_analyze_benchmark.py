@@ -14,9 +14,14 @@ TINY_CONFIG = str(CONFIG_DIR / f"{OFFICIAL_CONFIGS[1]}.yaml")
 TINY_ARGS = [str(x) for x in TINY_OPTS]
 
 
+def tool_module(name: str) -> dict:
+    """The globals of tools/<name>.py (scripts, not a package)."""
+    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))
+
+
 def tool(name: str):
-    """The `main` function of tools/<name>.py (scripts, not a package)."""
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"]
+    """The `main` function of tools/<name>.py."""
+    return tool_module(name)["main"]
 
 
 def test_default_input_size_follows_the_test_resize():
@@ -108,6 +113,26 @@ def test_benchmark_prints_a_table_with_mask_rcnn_and_ratios(capsys):
         assert re.fullmatch(r"\d+\.\d\dx", cells[7]) and re.fullmatch(r"\d+\.\d\dx", cells[8])
     assert rows["Mask R-CNN R50-FPN/fp32"].strip("| ").split("|")[-1].strip() == "1.00x"
     assert rows["FastInst official path/fp32"].split("|")[8].strip() == "1.00x"
+
+
+def test_benchmark_op_times_paragraph():
+    row = tool_module("benchmark")["Row"](
+        "FastInst OpenVINO", "int8", False, None, times=[0.2, 0.1, 0.3]
+    )
+    text = tool_module("benchmark")["format_op_times"](
+        row,
+        {
+            "Convolution jit_avx2_I8": 80.0,
+            "FullyConnected jit_gemm_I8": 30.0,
+            "MVN jit_avx2_f32": 1.0,
+        },
+        2,
+    )
+    assert text == (
+        "FastInst OpenVINO int8: graph 111.0 ms (sum of op times, last run), whole pipeline 200.0 ms (median), "
+        "outside the graph ~89.0 ms. Largest kinds of op (ms): Convolution jit_avx2_I8 80.0; "
+        "FullyConnected jit_gemm_I8 30.0."
+    )
 
 
 @pytest.mark.parametrize("bad", [["--runs", "0"]])
