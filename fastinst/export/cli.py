@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCOPE",
         help="--int8: parts kept in floating point, from: "
         f"{', '.join(sorted(OPENVINO_SCOPES))} (default: {' '.join(OPENVINO_DEFAULT_KEEP)}; "
-        "none: pass the option without a scope)",
+        "none: pass the option without a scope, or 'none'); config KEY VALUE pairs may follow",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -194,6 +195,21 @@ def verify(model: torch.nn.Module, path, fmt: str, input_size: tuple[int, int]) 
     return query_errors(got, expected)
 
 
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # MODEL.WEIGHTS, SOLVER.BASE_LR, ...
+
+
+def split_keep_fp32(args) -> None:
+    """--keep-fp32 takes every word after it (nargs="*"): from the first config key on (e.g. MODEL.WEIGHTS), the
+    words are the config overrides they look like, moved to `args.opts`; a lone "none" means no scope."""
+    if not args.keep_fp32:
+        return
+    words = list(args.keep_fp32)
+    cut = next((i for i, w in enumerate(words) if CONFIG_KEY.match(w)), len(words))
+    args.keep_fp32, args.opts = words[:cut], words[cut:] + list(args.opts or [])
+    if args.keep_fp32 == ["none"]:
+        args.keep_fp32 = []
+
+
 def check_args(args) -> str | None:
     """The usage error of a combination of options, or None."""
     if args.dynamic and args.format == "torchscript":
@@ -266,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = build_parser().parse_args(argv)
+    split_keep_fp32(args)
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # "Skipping constant folding ..." notes
     logging.getLogger("nncf").setLevel(logging.WARNING)
     usage_error = check_args(args)

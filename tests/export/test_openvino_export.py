@@ -140,6 +140,61 @@ def test_unreadable_model_files_are_named(tmp_path):
         FastInstPredictor(str(TINY_YAML), weights=garbage)
 
 
+@pytest.mark.parametrize(
+    "words, keep, opts",
+    [
+        ([], None, []),  # the default scopes
+        (["--keep-fp32"], [], []),
+        (["--keep-fp32", "none"], [], []),
+        (["--keep-fp32", "MODEL.WEIGHTS", "w.pth"], [], ["MODEL.WEIGHTS", "w.pth"]),
+        (
+            [
+                "--keep-fp32",
+                "mask-head",
+                "backbone",
+                "MODEL.WEIGHTS",
+                "w.pth",
+                "SOLVER.BASE_LR",
+                "0.1",
+            ],
+            ["mask-head", "backbone"],
+            ["MODEL.WEIGHTS", "w.pth", "SOLVER.BASE_LR", "0.1"],
+        ),
+    ],
+)
+def test_keep_fp32_leaves_the_config_overrides_after_it(words, keep, opts):
+    """--keep-fp32 (nargs="*") swallowed the KEY VALUE pairs written after it, as in docs/deployment.md's commands."""
+    from fastinst.export.cli import build_parser, check_args, split_keep_fp32
+
+    args = build_parser().parse_args(
+        [
+            "--config-file",
+            "c.yaml",
+            "--output",
+            "m.xml",
+            "--format",
+            "openvino",
+            "--int8",
+            "--calibration",
+            "x",
+            *words,
+        ]
+    )
+    split_keep_fp32(args)
+    assert args.keep_fp32 == keep and args.opts == opts and check_args(args) is None
+
+
+def test_keep_fp32_refuses_a_misspelt_scope(capsys):
+    """One line naming the word; the config overrides after it are not taken for scopes (exit 2, no export)."""
+    argv = ["--config-file", "c.yaml", "--output", "m.xml", "--format", "openvino", "--int8"]
+    argv += ["--calibration", "x", "--keep-fp32", "decoder-atention", "MODEL.WEIGHTS", "w.pth"]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: unknown --keep-fp32 scope(s) ['decoder-atention']; choose from backbone, pixel-decoder, "
+        "query-proposal, decoder-attention, decoder-ffn, class-head, mask-head\n"
+    )
+
+
 def test_cli_refuses_bad_calibration_sources(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
