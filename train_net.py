@@ -33,7 +33,7 @@ from argparse import ArgumentParser, Namespace
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -41,7 +41,6 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from fastinst import add_fastinst_config
 from fastinst.checkpoint import (
     METADATA_KEY,
     CheckpointMismatchError,
@@ -52,6 +51,7 @@ from fastinst.checkpoint import (
     model_record,
     read_checkpoint,
 )
+from fastinst.config import load_config
 from fastinst.data import (
     DatasetError,
     check_dataset_files,
@@ -173,11 +173,7 @@ def build_cfg(args: Namespace, custom: dict[str, list[str]] | None = None) -> Cf
     Training runs also get DATASETS.THING_CLASSES / THING_DATASET_IDS from their training data (`describe_model`)
     and, for `--coco-train` with a shipped config, OUTPUT_DIR `output/custom` (`custom_output_dir`).
     """
-    cfg = get_cfg()
-    add_fastinst_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     apply_custom_datasets(cfg, custom or {})
     output_dir = custom_output_dir(args, cfg)
     if output_dir is not None:

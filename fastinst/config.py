@@ -2,9 +2,111 @@
 
 `add_fastinst_config` declares every key that FastInst code reads, plus the few keys that the official YAML files
 set without anything reading them (so that official configs merge unchanged). Nothing else.
+
+`merge_config_file` and `merge_config_opts` merge a YAML file and KEY VALUE overrides as detectron2 does, but a
+file or override the config cannot take raises `ConfigError` (a ValueError) with one line naming the file or
+the key, where yacs raises a bare AssertionError / KeyError.
 """
 
+import difflib
+import os
+import sys
+from collections.abc import Sequence
+
+import yaml
 from detectron2.config import CfgNode as CN
+
+
+class ConfigError(ValueError):
+    """A config file or a KEY VALUE override that the config cannot take; the message is one line."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        keys.append(prefix + name)
+        if isinstance(value, CN):
+            keys.extend(_all_keys(value, prefix + name + "."))
+    return keys
+
+
+def _lookup(cfg: CN, key: str):
+    """The value at dotted `key`; raises ConfigError naming the key (and the closest known keys) if it is absent."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"config override {key!r}: no such config key{hint}")
+        node = node[part]
+    return node
+
+
+def merge_config_opts(cfg: CN, opts: Sequence) -> None:
+    """Merge KEY VALUE overrides (command-line words: values are parsed as Python literals, else kept as strings)
+    into `cfg`, in place, like `CfgNode.merge_from_list`.
+
+    Raises:
+        ConfigError: an unknown key (with the closest known keys), a key without a value, or a value of the
+            wrong type for its key (e.g. SOLVER.MAX_ITER abc); one line naming the key. Keys before the bad one
+            are already merged.
+    """
+    words = [str(o) if isinstance(o, os.PathLike) else o for o in opts]
+    for i in range(0, len(words), 2):
+        key = words[i]
+        try:
+            current = _lookup(cfg, str(key))
+        except ConfigError as e:
+            before = words[i - 1] if i else None
+            if isinstance(before, str) and before in _all_keys(
+                cfg
+            ):  # KEY KEY2 VALUE2: KEY lacks its value
+                raise ConfigError(
+                    f"config override {words[i - 2]!r} has no value ({before!r} was read as its value, "
+                    f"so {key!r} as a key): overrides are KEY VALUE pairs"
+                ) from None
+            raise e from None
+        if i + 1 == len(words):
+            raise ConfigError(
+                f"config override {key!r} has no value: overrides are KEY VALUE pairs "
+                f"(e.g. {key} {current!r})"
+            )
+        value = words[i + 1]
+        try:
+            cfg.merge_from_list([key, value])
+        except (AssertionError, ValueError, KeyError, TypeError) as e:
+            reason = _first_line(e)
+            if reason.startswith(
+                "Type mismatch"
+            ):  # yacs: the value parses to another type than the key's
+                reason = f"{key} takes {type(current).__name__} values (now {current!r})"
+            raise ConfigError(f"config override {key} {value!r}: {reason}") from None
+
+
+def merge_config_file(cfg: CN, path: str | os.PathLike) -> None:
+    """Merge a YAML config file (with its _BASE_ chain) into `cfg`, in place, like `CfgNode.merge_from_file`.
+
+    Raises:
+        FileNotFoundError: `path` is not a file.
+        ConfigError: the file (or a _BASE_ it names) is not valid YAML or sets a key the config does not declare;
+            one line naming the file.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file not found: {path}")
+    try:
+        cfg.merge_from_file(path)
+    except FileNotFoundError as e:  # a _BASE_ file that is not there
+        raise FileNotFoundError(f"{path}: its _BASE_ file {e.filename} is not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from None
+    except (AssertionError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path}: {_first_line(e)}") from None
 
 
 def add_fastinst_config(cfg: CN) -> None:
@@ -106,3 +208,26 @@ def add_fastinst_config(cfg: CN) -> None:
     # Set by the official YAMLs; used only by panoptic inference, which FastInst does not ship.
     cfg.MODEL.FASTINST.TEST.OBJECT_MASK_THRESHOLD = 0.8
     cfg.MODEL.FASTINST.TEST.OVERLAP_THRESHOLD = 0.8
+
+
+def load_config(config_file: str | os.PathLike | None, opts: Sequence = ()) -> CN:
+    """detectron2's default config with FastInst's keys, then the YAML file (if any), then the KEY VALUE overrides;
+    not frozen. Raises FileNotFoundError / ConfigError as `merge_config_file` and `merge_config_opts` do."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_fastinst_config(cfg)
+    if config_file:
+        merge_config_file(cfg, config_file)
+    merge_config_opts(cfg, opts)
+    return cfg
+
+
+def load_config_or_exit(config_file: str | os.PathLike | None, opts: Sequence = ()) -> CN:
+    """`load_config` for command-line tools: a missing or bad config file or override prints one line
+    ("error: ...") to stderr and exits with status 2."""
+    try:
+        return load_config(config_file, opts)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
@@ -30,7 +30,7 @@ from detectron2.structures import Instances
 from PIL import Image, ImageOps
 
 from fastinst.checkpoint import METADATA_KEY, load_checkpoint
-from fastinst.config import add_fastinst_config
+from fastinst.config import load_config, merge_config_opts
 from fastinst.data.image_io import UnreadableImageError as ImageReadError
 from fastinst.data.image_io import array_from_pil, read_image
 from fastinst.inference import check_precision, inference_context, prepare_for_inference
@@ -113,11 +113,9 @@ def build_predictor_cfg(
         cfg = config.clone()
         cfg.defrost()
     else:
-        cfg = get_cfg()
-        add_fastinst_config(cfg)
-        cfg.merge_from_file(str(resolve_config(config)))
+        cfg = load_config(resolve_config(config))
     if opts:
-        cfg.merge_from_list([str(o) if isinstance(o, os.PathLike) else o for o in opts])
+        merge_config_opts(cfg, opts)
     if device is not None:
         cfg.MODEL.DEVICE = str(device)
     cfg.freeze()

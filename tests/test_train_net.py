@@ -429,10 +429,7 @@ def test_custom_data_gets_its_own_output_dir(tmp_path) -> None:
         args = train_net.get_parser().parse_args(
             ["--config-file", config, "--coco-train", "t.json", "imgs", *opts]
         )
-        cfg = train_net.get_cfg()
-        train_net.add_fastinst_config(cfg)
-        cfg.merge_from_file(config)
-        cfg.merge_from_list(args.opts)
+        cfg = train_net.load_config(config, args.opts)
         return train_net.custom_output_dir(args, cfg) or cfg.OUTPUT_DIR
 
     quickstart = str(REPO / "configs" / "synthetic" / "quickstart.yaml")

@@ -45,7 +45,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
 
 import torch  # noqa: E402
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
+from detectron2.config import CfgNode  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.analysis import (  # noqa: E402
     FlopCountAnalysis,
@@ -55,8 +55,8 @@ from detectron2.utils.analysis import (  # noqa: E402
 from fvcore.nn import parameter_count  # noqa: E402
 from fvcore.nn.jit_handles import get_shape  # noqa: E402
 
-from fastinst import add_fastinst_config  # noqa: E402
 from fastinst.checkpoint import load_checkpoint  # noqa: E402
+from fastinst.config import load_config_or_exit  # noqa: E402
 from fastinst.inference import default_input_size, synthetic_inputs  # noqa: E402
 
 TASKS = ("flop", "activation", "parameter", "speed", "structure")
@@ -102,10 +102,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
-    cfg = get_cfg()
-    add_fastinst_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config_or_exit(config_file, opts)
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()

@@ -60,8 +60,8 @@ from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import fastinst.export.postprocess  # noqa: E402
-from fastinst import add_fastinst_config  # noqa: E402
 from fastinst.checkpoint import load_checkpoint  # noqa: E402
+from fastinst.config import load_config_or_exit  # noqa: E402
 from fastinst.inference import (  # noqa: E402
     Optimizations,
     default_input_size,
@@ -151,10 +151,7 @@ class Row:
 
 
 def fastinst_cfg(config_file: str, opts: list[str], device: str) -> CfgNode:
-    cfg = get_cfg()
-    add_fastinst_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", device])
+    cfg = load_config_or_exit(config_file, list(opts) + ["MODEL.DEVICE", device])
     cfg.freeze()
     return cfg
 

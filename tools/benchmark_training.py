@@ -19,12 +19,11 @@ import time
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 import fastinst.modeling.decoder.layers as decoder_layers
-from fastinst import add_fastinst_config
+from fastinst.config import load_config_or_exit
 from fastinst.data import build_train_mapper, ensure_synthetic_dataset, register_synthetic
 from fastinst.engine.optimizer import build_optimizer
 
@@ -52,10 +51,7 @@ def torch_attention():
 
 
 def make_cfg(config_file: str, opts: list):
-    cfg = get_cfg()
-    add_fastinst_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    cfg = load_config_or_exit(config_file, ["MODEL.DEVICE", "cpu", *opts])
     return cfg
 
 

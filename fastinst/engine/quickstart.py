@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
@@ -33,7 +33,7 @@ from fastinst.checkpoint import (
     guard_optimizer_state,
     load_checkpoint,
 )
-from fastinst.config import add_fastinst_config
+from fastinst.config import ConfigError, load_config
 from fastinst.data import ensure_synthetic_dataset, register_synthetic
 from fastinst.data.image_io import read_image
 from fastinst.engine.time_budget import time_budget_overrides
@@ -47,11 +47,7 @@ logger = logging.getLogger("fastinst")
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_fastinst_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    return cfg
+    return load_config(args.config_file, args.opts)
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -168,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         ap = run(args)
-    except (CheckpointMismatchError, CheckpointReadError, FileNotFoundError) as e:
+    except (CheckpointMismatchError, CheckpointReadError, ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)  # weights that cannot be read or do not fit: one line
         raise SystemExit(2) from None
     print(f"quickstart mask AP: {ap:.1f}", flush=True)
