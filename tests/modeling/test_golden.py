@@ -109,7 +109,7 @@ def test_training_losses_and_gradients_match_official(monkeypatch):
     assert list(losses) == list(ref["loss_names"])
     for name, expected in zip(ref["loss_names"], ref["loss_values"]):
         assert torch.isfinite(losses[name])
-        assert abs(float(losses[name]) - expected) <= 1e-4 * abs(expected), name
+        assert abs(losses[name].item() - expected) <= 1e-4 * abs(expected), name
     # every random draw went through the seam: 2 images x (decoder matching + main + 3 unguided aux outputs)
     assert calls["uniform"] == 2 * 5
     assert calls["uncertain"] == 1 + 6  # one per output with matched masks (main + 6 aux)
