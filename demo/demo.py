@@ -141,10 +141,17 @@ def expand_inputs(items: list[str]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(files)), unmatched
 
 
+def names_a_file(output: str) -> bool:
+    """Whether --output names a file: it has an extension, does not end with a path separator and is not an
+    existing folder (`out/`, `run.v2/` and an existing `run.v2` are folders; `out/a.png` is a file)."""
+    ends_with_separator = output.endswith((os.sep, os.altsep or os.sep))
+    return bool(Path(output).suffix) and not ends_with_separator and not os.path.isdir(output)
+
+
 def output_path(output: str, source: str, many: bool, suffix: str | None = None) -> str:
     """Where the drawing of `source` goes: inside `output` if it is (or must be) a folder, else `output`."""
     name = Path(source).name if suffix is None else Path(source).stem + suffix
-    if many or os.path.isdir(output) or not Path(output).suffix:
+    if many or not names_a_file(output):
         os.makedirs(output, exist_ok=True)
         return os.path.join(output, name)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -168,7 +175,7 @@ def writable_path(out_file: str) -> str:
 def check_output(output: str, num_inputs: int) -> None:
     """Usage errors of --output, before the model is built: an image name OpenCV cannot write, or a folder
     that cannot be created or written."""
-    is_file = num_inputs == 1 and not os.path.isdir(output) and bool(Path(output).suffix)
+    is_file = num_inputs == 1 and names_a_file(output)
     if is_file and not cv2.haveImageWriter(output):
         raise DemoError(
             f"--output {output}: OpenCV cannot write {Path(output).suffix} images; name the drawing "
@@ -409,9 +416,10 @@ def main_images(args: argparse.Namespace) -> int:
     if not files:
         raise DemoError(f"No image found in --input {' '.join(args.input)}.")
     output = args.output
-    if output is not None and len(files) > 1 and not os.path.isdir(output) and Path(output).suffix:
+    if output is not None and len(files) > 1 and names_a_file(output):
         raise DemoError(
-            f"--output {output} looks like a file name, but there are {len(files)} inputs."
+            f"--output {output} looks like a file name, but there are {len(files)} inputs (end it with "
+            f"{os.sep} to name a folder)."
         )
     if output is not None:
         check_output(output, len(files))

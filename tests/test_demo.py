@@ -145,6 +145,40 @@ def test_unwritable_output_is_a_usage_error_before_the_model(demo, tmp_path, cap
     assert not named.exists()
 
 
+def test_output_folder_names_with_a_dot(demo, tmp_path, capsys, checkpoint):
+    """`run.v2/` (trailing separator) and an existing `run.v3` are folders; `drawn.png` with two inputs is a
+    usage error naming the way out."""
+    main, images = demo["main"], [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, image in enumerate(images):
+        write_image(image, seed=i)
+    base = [
+        "--config-file",
+        str(TINY_YAML),
+        "--device",
+        "cpu",
+        "--opts",
+        "MODEL.WEIGHTS",
+        checkpoint,
+    ]
+    dotted = tmp_path / "run.v2"
+    assert main(["--input", *map(str, images), "--output", f"{dotted}/", *base]) == 0
+    assert sorted(p.name for p in dotted.iterdir()) == ["a.png", "b.png"]
+    assert main(["--input", str(images[0]), "--output", f"{tmp_path / 'one.v1'}/", *base]) == 0
+    assert [p.name for p in (tmp_path / "one.v1").iterdir()] == ["a.png"]
+    existing = tmp_path / "run.v3"
+    existing.mkdir()
+    assert main(["--input", str(images[1]), "--output", str(existing), *base]) == 0
+    assert [p.name for p in existing.iterdir()] == ["b.png"]
+    capsys.readouterr()
+    named = tmp_path / "drawn.png"
+    assert main(["--input", *map(str, images), "--output", str(named), *base]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --output {named} looks like a file name, but there are 2 inputs (end it with / to name a "
+        "folder).\n"
+    )
+    assert not named.exists()
+
+
 def test_input_extension_opencv_cannot_write_gets_a_jpg_drawing(demo, tmp_path, capsys, checkpoint):
     from PIL import Image
 
