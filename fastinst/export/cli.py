@@ -16,7 +16,6 @@ held to the fp32 tolerance).
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -62,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dynamic",
         action="store_true",
-        help="onnx/pt2: any input size (sides multiples of 32, at least a minimum stored in the metadata)",
+        help="onnx/openvino/pt2: any input size (sides multiples of 32, at least a minimum stored in the "
+        "metadata)",
     )
     parser.add_argument(
         "--opset",
@@ -103,16 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    from detectron2.config import get_cfg
+    from fastinst.config import load_config
 
-    from fastinst import add_fastinst_config
-
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"Config file not found: {args.config_file}")
-    cfg = get_cfg()
-    add_fastinst_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(list(args.opts))
+    cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
@@ -232,11 +225,12 @@ def check_args(args) -> str | None:
     return None
 
 
-def export_openvino(model, cfg, args, input_size, classes: dict | None = None) -> Path:
-    """ONNX export to a temporary folder beside the output, then the IR (INT8 with --int8)."""
+def export_openvino(
+    model, cfg, args, input_size, classes: dict | None = None, images: list[str] | None = None
+) -> Path:
+    """ONNX export to a temporary folder beside the output, then the IR (INT8 with calibration `images`)."""
     from fastinst.export.exporter import export_onnx
     from fastinst.export.openvino_model import (
-        calibration_images,
         calibration_inputs,
         onnx_to_openvino,
         read_onnx_metadata,
@@ -244,7 +238,6 @@ def export_openvino(model, cfg, args, input_size, classes: dict | None = None) -
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    images = calibration_images(args.calibration, args.calibration_size) if args.int8 else None
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as tmp:
         onnx_path = export_onnx(
             model,
@@ -284,7 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     split_keep_fp32(args)
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # "Skipping constant folding ..." notes
-    logging.getLogger("nncf").setLevel(logging.WARNING)
+    # "No CUDA runtime is found, using CUDA_HOME=..." when nncf loads torch's extension builder (CPU export)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if (
+        args.int8
+    ):  # nncf sets its logger to INFO (a line per unquantized input) when imported: import it first
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)
     usage_error = check_args(args)
     if usage_error:
         print(f"error: {usage_error}", file=sys.stderr)
@@ -292,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         cfg = setup_cfg(args)
+        images = None
         if args.int8:  # a bad calibration source is refused before the export's minutes
-            from fastinst.export.openvino_model import calibration_images
+            from fastinst.export.openvino_model import check_calibration_source
 
-            calibration_images(args.calibration, args.calibration_size)
+            images = check_calibration_source(args.calibration, args.calibration_size)
         input_size = tuple(args.input_size) if args.input_size else default_input_size(cfg)
         model, classes = build_model_for_export(cfg)
         if args.format == "onnx":
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.format == "torchscript":
             path = export_torchscript(model, args.output, input_size, classes)
         elif args.format == "openvino":
-            path = export_openvino(model, cfg, args, input_size, classes)
+            path = export_openvino(model, cfg, args, input_size, classes, images)
         else:
             path = export_pt2(model, args.output, input_size, dynamic=args.dynamic, classes=classes)
     except (

@@ -52,6 +52,46 @@ DEFAULT_KEEP_FP32 = ("decoder-attention",)  # measured: see docs/deployment.md
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# reading an IR
+
+
+def check_ir_files(path: str | os.PathLike) -> None:
+    """Refuse, in one line naming the file, an IR that OpenVINO would refuse with a multi-line message.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not XML or its root element is not <net> (not an OpenVINO IR), or the weights
+            file beside it (same name, .bin) is missing or empty.
+    """
+    from xml.etree.ElementTree import ParseError, iterparse
+
+    check_model_file(path)
+    try:  # the first element only: an IR's .xml can be megabytes
+        root = next(iterparse(os.fspath(path), events=("start",)))[1].tag
+    except (ParseError, StopIteration) as e:
+        reason = f" ({first_line(e)})" if isinstance(e, ParseError) else " (empty file)"
+        raise ValueError(f"{path} is not an OpenVINO IR: not an XML file{reason}") from None
+    if root != "net":
+        raise ValueError(f"{path} is not an OpenVINO IR: its root element is <{root}>, not <net>")
+    weights = Path(path).with_suffix(".bin")
+    if not weights.is_file() or weights.stat().st_size == 0:
+        state = "missing" if not weights.is_file() else "empty"
+        raise ValueError(
+            f"OpenVINO cannot read the model {path}: its weights file {weights} is {state} (an IR is the "
+            ".xml and the .bin written beside it)"
+        )
+
+
+def openvino_error_line(error: BaseException) -> str:
+    """The line of an OpenVINO exception that says what is wrong. OpenVINO's messages stack the source locations
+    of each re-raise ("Exception from src/...", "Check '...' failed at src/...") above the reason, so the first
+    line says nothing; the reason is the last line that is not one of those."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [x for x in lines if not x.startswith(("Exception from ", "Check '"))]
+    return reasons[-1] if reasons else first_line(error)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # export
 
 
@@ -191,6 +231,35 @@ def calibration_images(source: str | os.PathLike, count: int | None = None) -> l
     return files
 
 
+def _unreadable(image, error: BaseException) -> str:
+    """Why `image` could not be read, in one clause that names it."""
+    reason = first_line(error).rstrip(".")
+    return reason if str(image) in reason else f"{image}: {reason}"
+
+
+def check_calibration_source(source: str | os.PathLike, count: int | None = None) -> list[str]:
+    """`calibration_images(source, count)`, refused unless one of them can be read: the check a command line
+    makes before an export that takes minutes. Decodes images in order up to the first readable one.
+
+    Raises FileNotFoundError / ValueError as `calibration_images`, and ValueError naming `source` when none of
+    its images can be read (with the first file's reason).
+    """
+    from fastinst.predictor import to_rgb
+
+    files = calibration_images(source, count)
+    reasons = []
+    for image in files:
+        try:
+            to_rgb(image, format="RGB")
+            return files
+        except (OSError, ValueError) as e:
+            reasons.append(_unreadable(image, e))
+    raise ValueError(
+        f"Calibration source {os.fspath(source)}: none of its {len(files)} images can be read "
+        f"(first: {reasons[0]})."
+    )
+
+
 def calibration_inputs(
     images: Iterable[str | os.PathLike | np.ndarray],
     metadata: dict,
@@ -214,7 +283,7 @@ def calibration_inputs(
         try:
             rgb = to_rgb(image, format="RGB")
         except (OSError, ValueError) as e:
-            skipped.append(f"{image}: {first_line(e)}")
+            skipped.append(_unreadable(image, e))
             continue
         rgb = resize.get_transform(rgb).apply_image(rgb)
         if not metadata["dynamic"]:
@@ -226,7 +295,9 @@ def calibration_inputs(
                 rgb = T.ResizeTransform(h, w, new_h, new_w).apply_image(rgb)
         inputs.append(layout.graph_input(rgb.transpose(2, 0, 1).astype(np.float32)))
     if not inputs:
-        raise ValueError(f"No calibration image could be read ({'; '.join(skipped[:3])}).")
+        raise ValueError(
+            f"None of the {len(skipped)} calibration images could be read (first: {skipped[0]})."
+        )
     return inputs
 
 
@@ -284,7 +355,7 @@ class OpenVinoFastInst(OnnxFastInst):
     ):
         import openvino as ov
 
-        check_model_file(path)
+        check_ir_files(path)
         if inference_precision not in ("f32", "bf16"):
             raise ValueError(
                 f"inference_precision must be 'f32' or 'bf16', got {inference_precision!r}."
@@ -293,7 +364,9 @@ class OpenVinoFastInst(OnnxFastInst):
         try:
             ov_model = core.read_model(os.fspath(path))
         except Exception as e:  # OpenVINO raises RuntimeError with a long multi-line message
-            raise ValueError(f"OpenVINO cannot read the model {path}: {first_line(e)}") from e
+            raise ValueError(
+                f"OpenVINO cannot read the model {path}: {openvino_error_line(e)}"
+            ) from e
         metadata = read_openvino_metadata(path, ov_model)
         if static_size is not None and metadata["dynamic"]:
             ov_model.reshape({metadata["input_name"]: [1, 3, *static_size]})

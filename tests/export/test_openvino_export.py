@@ -123,15 +123,58 @@ def test_op_times_say_where_the_graph_time_goes(exported):
 # bad input
 
 
-def test_unreadable_model_files_are_named(tmp_path):
+def test_unreadable_model_files_are_named(exported, tmp_path):
+    """One line that names the file and says what is wrong with it (OpenVINO's own message is several lines
+    of source locations, the reason last; a non-XML file also made its TensorFlow frontend print to stderr)."""
+    import shutil
+
     from fastinst import FastInstPredictor
 
-    broken = tmp_path / "broken.xml"
-    broken.write_text("<net><layers>")  # cut short
-    with pytest.raises(ValueError, match=f"OpenVINO cannot read the model {broken}: "):
-        OpenVinoFastInst(broken)
-    with pytest.raises(ValueError, match=f"OpenVINO cannot read the model {broken}"):
-        FastInstPredictor(str(TINY_YAML), weights=broken)
+    xml, data = exported[1].read_text(), exported[1].with_suffix(".bin").read_bytes()
+
+    def ir(name: str, text: str = xml, weights: bytes | None = data):
+        path = tmp_path / f"{name}.xml"
+        path.write_text(text)
+        if weights is not None:
+            path.with_suffix(".bin").write_bytes(weights)
+        return path
+
+    cases = {
+        ir(
+            "no_bin", weights=None
+        ): "OpenVINO cannot read the model {}: its weights file {} is missing (an "
+        "IR is the .xml and the .bin written beside it)",
+        ir(
+            "empty_bin", weights=b""
+        ): "OpenVINO cannot read the model {}: its weights file {} is empty (an IR "
+        "is the .xml and the .bin written beside it)",
+        ir(
+            "short_bin", weights=data[: len(data) // 2]
+        ): "OpenVINO cannot read the model {}: Incorrect weights in bin file!",
+        ir(
+            "text", "just some text\n"
+        ): "{} is not an OpenVINO IR: not an XML file (syntax error: line 1, column 0)",
+        ir(
+            "empty", ""
+        ): "{} is not an OpenVINO IR: not an XML file (no element found: line 1, column 0)",
+        ir(
+            "html", "<html><body/></html>"
+        ): "{} is not an OpenVINO IR: its root element is <html>, not <net>",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ValueError) as info:
+            OpenVinoFastInst(path)
+        assert str(info.value) == message.format(path, path.with_suffix(".bin"))
+    cut = ir("cut_xml", xml[: len(xml) // 2])
+    with pytest.raises(
+        ValueError, match=f"^OpenVINO cannot read the model {cut}: Error parsing .* at offset"
+    ):
+        OpenVinoFastInst(cut)
+    with pytest.raises(ValueError, match=f"OpenVINO cannot read the model {cut}"):
+        FastInstPredictor(str(TINY_YAML), weights=cut)
+    shutil.copy(exported[1], tmp_path / "good.xml")
+    shutil.copy(exported[1].with_suffix(".bin"), tmp_path / "good.bin")
+    OpenVinoFastInst(tmp_path / "good.xml")  # the same files, whole: read
     with pytest.raises(FileNotFoundError, match="Exported model file not found: .*missing.xml"):
         OpenVinoFastInst(tmp_path / "missing.xml")
     garbage = tmp_path / "garbage.onnx"
@@ -195,15 +238,24 @@ def test_keep_fp32_refuses_a_misspelt_scope(capsys):
     )
 
 
-def test_cli_refuses_bad_calibration_sources(tmp_path, capsys):
+def test_cli_refuses_bad_calibration_sources(tmp_path, capsys, monkeypatch):
+    def no_model(cfg):
+        raise AssertionError("a bad calibration source must be refused before the model is built")
+
+    monkeypatch.setattr("fastinst.export.cli.build_model_for_export", no_model)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (unreadable / name).write_text("not an image")
     missing = tmp_path / "missing"
     base = ["--config-file", str(TINY_YAML), "--format", "openvino", "--int8"]
     output = ["--output", str(tmp_path / "int8.xml")]
     assert cli_main(base + output + ["--calibration", str(missing)]) == 2
     assert cli_main(base + output + ["--calibration", str(empty)]) == 2
+    assert cli_main(base + output + ["--calibration", str(unreadable)]) == 2
     assert cli_main(base + output) == 2  # --int8 without --calibration
     assert cli_main(base + ["--output", str(tmp_path / "int8.onnx"), "--calibration", "x"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -211,10 +263,12 @@ def test_cli_refuses_bad_calibration_sources(tmp_path, capsys):
         f"error: Calibration source not found: {missing} is neither a folder nor a registered dataset "
         "name (e.g. synthetic_train).",
         f"error: Calibration folder {empty} has no images (.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff).",
+        f"error: Calibration source {unreadable}: none of its 2 images can be read (first: Cannot read "
+        f"image {unreadable / 'a.jpg'} (not an image, or a format Pillow cannot read)).",
         "error: --int8 needs --calibration (an image folder or a dataset name, e.g. synthetic_train)",
         f"error: --format openvino writes an IR: --output must end in .xml, got {tmp_path / 'int8.onnx'}",
     ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "unreadable"]  # nothing written
 
 
 # ---------------------------------------------------------------------------------------------------------
