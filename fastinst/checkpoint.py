@@ -37,8 +37,13 @@ class CheckpointReadError(ValueError):
 def read_error(path: str, error: BaseException) -> CheckpointReadError:
     """The one-line `CheckpointReadError` for a file that `torch.load` / pickle could not read."""
     reason = type(error).__name__
-    if str(error).strip():
-        reason += ": " + str(error).strip().splitlines()[0]
+    text = str(error).strip()
+    if "WeightsUnpickler error:" in text:
+        # torch.load(weights_only=True): the first lines advise weights_only=False, the reason comes after
+        detail = [x.strip() for x in text.split("WeightsUnpickler error:", 1)[1].splitlines() if x.strip()]
+        reason += f": torch.load(weights_only=True) refused it: {detail[0] if detail else 'no detail'}"
+    elif text:
+        reason += ": " + text.splitlines()[0]
     size, head = 0, b""
     if os.path.isfile(path):
         size = os.path.getsize(path)

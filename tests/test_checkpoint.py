@@ -58,3 +58,18 @@ def test_export_names_a_truncated_weights_file(tmp_path, capsys):
         f"error: {truncated}: cannot be read as a PyTorch checkpoint (5000 bytes"
     )
     assert not out.exists()
+
+
+def test_a_file_that_is_no_checkpoint_gets_the_unpicklers_reason(tmp_path):
+    """Not torch's advice to retry with weights_only=False (wrong for a file that is not a checkpoint)."""
+    from fastinst.checkpoint import CheckpointReadError, read_checkpoint
+
+    text = tmp_path / "notes.pth"
+    text.write_text("garbage\n")
+    with pytest.raises(CheckpointReadError) as info:
+        read_checkpoint(str(text))
+    assert str(info.value) == (
+        f"{text}: cannot be read as a PyTorch checkpoint (8 bytes; UnpicklingError: "
+        "torch.load(weights_only=True) refused it: Unsupported operand 103). It does not start like a "
+        "checkpoint (neither a zip archive nor a pickle)."
+    )
