@@ -40,8 +40,12 @@ def read_error(path: str, error: BaseException) -> CheckpointReadError:
     text = str(error).strip()
     if "WeightsUnpickler error:" in text:
         # torch.load(weights_only=True): the first lines advise weights_only=False, the reason comes after
-        detail = [x.strip() for x in text.split("WeightsUnpickler error:", 1)[1].splitlines() if x.strip()]
-        reason += f": torch.load(weights_only=True) refused it: {detail[0] if detail else 'no detail'}"
+        detail = [
+            x.strip() for x in text.split("WeightsUnpickler error:", 1)[1].splitlines() if x.strip()
+        ]
+        reason += (
+            f": torch.load(weights_only=True) refused it: {detail[0] if detail else 'no detail'}"
+        )
     elif text:
         reason += ": " + text.splitlines()[0]
     size, head = 0, b""
