@@ -238,6 +238,21 @@ def main(args: Namespace):
     return trainer.train()
 
 
+def check_device(device: str) -> None:
+    """InputError (one line) for a MODEL.DEVICE torch does not know, or CUDA where there is none (detectron2's
+    default MODEL.DEVICE is cuda: official configs on a CPU-only machine)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise InputError(
+            f"MODEL.DEVICE {device!r} is not a device torch knows (cpu, cuda, cuda:0, ...)."
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"MODEL.DEVICE {device!r}: no CUDA device is available here; add MODEL.DEVICE cpu to run on the CPU."
+        )
+
+
 def check_inputs(args: Namespace) -> CfgNode:
     """Fail fast, before any process starts: config file, custom datasets, dataset/NUM_CLASSES agreement.
 
@@ -247,6 +262,7 @@ def check_inputs(args: Namespace) -> CfgNode:
         raise InputError(f"{args.config_file}: config file not found.")
     custom = register_custom_datasets(args)
     cfg = build_cfg(args, custom)
+    check_device(cfg.MODEL.DEVICE)
     names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     for name in names:
         if name not in DatasetCatalog.list():
@@ -326,8 +342,9 @@ _OTHER_RUN = (
 
 
 def fit_time_budget(args: Namespace, cfg: CfgNode) -> list[str]:
-    """SOLVER.TIME_BUDGET_MINUTES > 0: iteration-count overrides measured here, once, for every process."""
-    if args.eval_only or cfg.SOLVER.TIME_BUDGET_MINUTES <= 0:
+    """SOLVER.TIME_BUDGET_MINUTES != 0: iteration-count overrides measured here, once, for every process (a
+    negative budget is refused by `time_budget_overrides`)."""
+    if args.eval_only or cfg.SOLVER.TIME_BUDGET_MINUTES == 0:
         return []
     if args.num_machines > 1:
         raise InputError(

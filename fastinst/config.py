@@ -10,6 +10,7 @@ the key, where yacs raises a bare AssertionError / KeyError.
 
 import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -35,14 +36,23 @@ def _all_keys(node: CN, prefix: str = "") -> list[str]:
     return keys
 
 
+def _did_you_mean(cfg: CN, key: str) -> str:
+    """ "; did you mean A or B?" with the known keys closest to `key` (case ignored), or ""."""
+    keys = _all_keys(cfg)
+    if key.upper() in keys:
+        return f"; did you mean {key.upper()}?"
+    close = difflib.get_close_matches(key.upper(), keys, n=3, cutoff=0.75)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 def _lookup(cfg: CN, key: str):
     """The value at dotted `key`; raises ConfigError naming the key (and the closest known keys) if it is absent."""
     node = cfg
     for part in key.split("."):
         if not isinstance(node, CN) or part not in node:
-            close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.75)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise ConfigError(f"config override {key!r}: no such config key{hint}")
+            raise ConfigError(
+                f"config override {key!r}: no such config key{_did_you_mean(cfg, key)}"
+            )
         node = node[part]
     return node
 
@@ -77,6 +87,12 @@ def merge_config_opts(cfg: CN, opts: Sequence) -> None:
                 f"(e.g. {key} {current!r})"
             )
         value = words[i + 1]
+        if (
+            isinstance(current, float)
+            and isinstance(value, str)
+            and re.fullmatch(r"[+-]?\d+", value.strip())
+        ):
+            value = f"{value.strip()}.0"  # SOLVER.BASE_LR 1: yacs refuses an int for a float key
         try:
             cfg.merge_from_list([key, value])
         except (AssertionError, ValueError, KeyError, TypeError) as e:
@@ -105,7 +121,12 @@ def merge_config_file(cfg: CN, path: str | os.PathLike) -> None:
         raise FileNotFoundError(f"{path}: its _BASE_ file {e.filename} is not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from None
-    except (AssertionError, KeyError, ValueError, TypeError, AttributeError) as e:
+    except KeyError as e:
+        reason = _first_line(e)
+        unknown = re.fullmatch(r"Non-existent config key: (\S+)", reason)
+        hint = _did_you_mean(cfg, unknown.group(1)) if unknown else ""
+        raise ConfigError(f"{path}: {reason}{hint}") from None
+    except (AssertionError, ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
 
 

@@ -43,8 +43,12 @@ TINY_YAML = str(REPO / "configs" / "synthetic" / "tiny-test.yaml")
             "config override SOLVER.MAX_ITER 'abc': SOLVER.MAX_ITER takes int values (now 40000)",
         ),
         (
-            ["SOLVER.BASE_LR", "1"],  # yacs does not turn an int into a float: 1.0 is needed
-            "config override SOLVER.BASE_LR '1': SOLVER.BASE_LR takes float values (now 0.0001)",
+            ["solver.max_iter", "2"],  # case ignored for the suggestion
+            "config override 'solver.max_iter': no such config key; did you mean SOLVER.MAX_ITER?",
+        ),
+        (
+            ["SOLVER.BASE_LR", "fast"],
+            "config override SOLVER.BASE_LR 'fast': SOLVER.BASE_LR takes float values (now 0.0001)",
         ),
     ],
 )
@@ -65,16 +69,22 @@ def test_good_overrides_merge_as_detectron2_merges_them(tmp_path):
         cfg, ["DATASETS.TRAIN", "('a', 'b')", "MODEL.FASTINST.TEST.BOX_THRESHOLD", "0.3"]
     )
     assert cfg.DATASETS.TRAIN == ("a", "b") and cfg.MODEL.FASTINST.TEST.BOX_THRESHOLD == 0.3
+    # an integer for a float key is that float (yacs alone refuses SOLVER.BASE_LR 1)
+    merge_config_opts(cfg, ["SOLVER.BASE_LR", "1", "SOLVER.TIME_BUDGET_MINUTES", "-2"])
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+    assert cfg.SOLVER.TIME_BUDGET_MINUTES == -2.0
 
 
 def test_a_bad_config_file_is_one_line_naming_it(tmp_path):
     cfg = load_config(None)
     typo = tmp_path / "typo.yaml"
     typo.write_text("VERSION: 2\nMODEL:\n  WEIGHT: m.pth\n")
-    with pytest.raises(
-        ConfigError, match=r"^\S+typo\.yaml: Non-existent config key: MODEL\.WEIGHT$"
-    ):
+    with pytest.raises(ConfigError) as info:
         merge_config_file(cfg, typo)
+    assert (
+        str(info.value)
+        == f"{typo}: Non-existent config key: MODEL.WEIGHT; did you mean MODEL.WEIGHTS?"
+    )
     broken = tmp_path / "broken.yaml"
     broken.write_text("MODEL: [\n")
     with pytest.raises(ConfigError) as info:
@@ -135,3 +145,32 @@ def test_every_tool_refuses_a_bad_override_in_one_line(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="^config override 'MODEL.WEIGHT': no such config key"):
         FastInstPredictor(TINY_YAML, opts=["MODEL.WEIGHT", "x"])
+
+
+def test_train_net_refuses_a_device_and_a_budget_it_cannot_use(tmp_path, capsys, monkeypatch):
+    """One line, exit 2, before anything is built (was a traceback after the model build)."""
+    train_net = runpy.run_path(str(REPO / "train_net.py"), run_name="train_net")
+    base = ["--config-file", TINY_YAML, "--eval-only", "OUTPUT_DIR", str(tmp_path)]
+    assert train_net["cli"]([*base, "MODEL.DEVICE", "cdua"]) == 2
+    assert capsys.readouterr().err == (
+        "error: MODEL.DEVICE 'cdua' is not a device torch knows (cpu, cuda, cuda:0, ...).\n"
+    )
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert train_net["cli"]([*base, "MODEL.DEVICE", "cuda"]) == 2
+    assert capsys.readouterr().err == (
+        "error: MODEL.DEVICE 'cuda': no CUDA device is available here; add MODEL.DEVICE cpu to run on the "
+        "CPU.\n"
+    )
+    train = [
+        "--config-file",
+        TINY_YAML,
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "SOLVER.TIME_BUDGET_MINUTES",
+        "-1",
+    ]
+    assert train_net["cli"](train) == 2
+    assert capsys.readouterr().err == (
+        "error: SOLVER.TIME_BUDGET_MINUTES must be >= 0 (0: train the config's SOLVER.MAX_ITER), got -1.0\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing trained or written

@@ -28,6 +28,7 @@ from detectron2.data import get_detection_dataset_dicts
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from fastinst.config import ConfigError
 from fastinst.data.build import build_train_mapper
 from fastinst.engine.amp import build_step_trainer
 from fastinst.engine.optimizer import build_optimizer
@@ -168,7 +169,8 @@ def _saved_counts(output_dir: str) -> list[str] | None:
 def time_budget_overrides(
     cfg: CfgNode, *, resume: bool = False, world_size: int = 1, threads: int | None = None
 ) -> list[str]:
-    """Overrides that fit `cfg`'s schedule to SOLVER.TIME_BUDGET_MINUTES; [] when the budget is 0.
+    """Overrides that fit `cfg`'s schedule to SOLVER.TIME_BUDGET_MINUTES; [] when the budget is 0 (ConfigError when
+    it is negative).
 
     Args:
         cfg: the merged (unfrozen or frozen) training config.
@@ -177,7 +179,11 @@ def time_budget_overrides(
         threads: torch threads to time with (default: the current setting).
     """
     budget = cfg.SOLVER.TIME_BUDGET_MINUTES
-    if budget <= 0:
+    if budget < 0:
+        raise ConfigError(
+            f"SOLVER.TIME_BUDGET_MINUTES must be >= 0 (0: train the config's SOLVER.MAX_ITER), got {budget}"
+        )
+    if budget == 0:
         return []
     if resume:
         saved = _saved_counts(cfg.OUTPUT_DIR)

@@ -266,7 +266,7 @@ def test_overlong_rle_and_unknown_categories_are_refused_in_one_line(folder):
     with pytest.raises(DatasetError) as e:
         validate_coco_json(json_file, folder.imgs)
     assert str(e.value) == (
-        f"Invalid COCO dataset '{json_file}': 1 annotations use category ids that are not in 'categories': "
+        f"Invalid COCO dataset '{json_file}': 1 annotation uses category ids that are not in 'categories': "
         "99 (1 in total); known ids are [3]; annotations whose RLE counts do not add up to their image's pixel "
         "count: 7 (5000 pixels; image 64 x 64 = 4096) (1 in total). Fix or remove them (datasets/README.md "
         "lists what is repaired and what is refused)."

@@ -88,7 +88,7 @@ CASES = {
         "image ids with no entry in 'images': 42",
     ),
     "no_usable_images": (lambda d: d.update(annotations=[]), "no usable images"),
-    "duplicate_ids": (lambda d: d["images"][1].update(id=1), "duplicate images ids: 1"),
+    "duplicate_ids": (lambda d: d["images"][1].update(id=1), "duplicate image ids: 1"),
     "bad_segmentation_type": (
         lambda d: d["annotations"][2].update(segmentation="abc"),
         "segmentation is neither polygons (list) nor RLE (dict): 3 (1 in total)",

@@ -149,9 +149,10 @@ def _entries(r: _Report, entries: list[Any], kind: str, keys: tuple[str, ...]) -
 
 def _unique_ids(r: _Report, entries: list[dict], kind: str, valid: Any, expect: str) -> None:
     ids = [e["id"] for e in entries if isinstance(e, dict) and "id" in e]
-    r.refuse(f"{kind} ids that are not {expect}", [i for i in ids if not valid(i)])
+    singular = {"categories": "category", "images": "image"}.get(kind, kind)
+    r.refuse(f"{singular} ids that are not {expect}", [i for i in ids if not valid(i)])
     counts = Counter(i for i in ids if valid(i))
-    r.refuse(f"duplicate {kind} ids", sorted((i for i, n in counts.items() if n > 1), key=str))
+    r.refuse(f"duplicate {singular} ids", sorted((i for i, n in counts.items() if n > 1), key=str))
 
 
 def _check_structure(r: _Report, data: dict[str, Any]) -> None:
@@ -266,7 +267,8 @@ def _check_references(r: _Report, data: dict[str, Any], image_by_id: dict) -> li
     if unknown:
         bad = sorted({repr(a["category_id"]) for a in unknown})
         r.refusals.append(
-            f"{len(unknown)} annotations use category ids that are not in 'categories': {listing(bad)}; known "
+            f"{len(unknown)} annotation{'s use' if len(unknown) > 1 else ' uses'} category ids that are not "
+            f"in 'categories': {listing(bad)}; known "
             f"ids are {sorted(cat_ids)}"
         )
     orphans = [a for a in annos if not (_is_id(a["image_id"]) and a["image_id"] in image_by_id)]
