@@ -73,9 +73,8 @@ def merge_config_opts(cfg: CN, opts: Sequence) -> None:
             current = _lookup(cfg, str(key))
         except ConfigError as e:
             before = words[i - 1] if i else None
-            if isinstance(before, str) and before in _all_keys(
-                cfg
-            ):  # KEY KEY2 VALUE2: KEY lacks its value
+            # KEY KEY2 VALUE2: KEY lacks its value, so KEY2 was read as its value and VALUE2 as a key
+            if isinstance(before, str) and before in _all_keys(cfg):
                 raise ConfigError(
                     f"config override {words[i - 2]!r} has no value ({before!r} was read as its value, "
                     f"so {key!r} as a key): overrides are KEY VALUE pairs"
@@ -97,9 +96,8 @@ def merge_config_opts(cfg: CN, opts: Sequence) -> None:
             cfg.merge_from_list([key, value])
         except (AssertionError, ValueError, KeyError, TypeError) as e:
             reason = _first_line(e)
-            if reason.startswith(
-                "Type mismatch"
-            ):  # yacs: the value parses to another type than the key's
+            # yacs: the value parses to another type than the key's
+            if reason.startswith("Type mismatch"):
                 reason = f"{key} takes {type(current).__name__} values (now {current!r})"
             raise ConfigError(f"config override {key} {value!r}: {reason}") from None
 
